@@ -1,0 +1,29 @@
+"""Registry errors: each carries a message fit to show a user as is (the CLI prints it)."""
+
+
+class RegistryError(Exception):
+    """Base class of everything the registry raises on purpose."""
+
+
+class InvalidName(RegistryError, ValueError):
+    pass
+
+
+class NotFound(RegistryError, LookupError):
+    pass
+
+
+class VersionExists(RegistryError):
+    pass
+
+
+class AliasConflict(RegistryError):
+    """An alias moved under us: its ETag no longer matches what the caller read."""
+
+
+class IntegrityError(RegistryError):
+    """A file's bytes do not match the version's checksum manifest."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The store could not be reached (S3 endpoint down, bucket missing, permissions)."""

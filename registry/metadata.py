@@ -1,0 +1,53 @@
+"""metadata.json: the seed's schema, typed. The registry checks it on publish and serves it to
+readers; it never interprets the model itself."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    # Extra keys (hyper-parameters, new metrics) survive a round trip.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class Training(_Open):
+    dataset_version: str
+    training_samples: int
+    epochs: int
+
+
+class Evaluation(_Open):
+    accuracy: float
+    precision: float
+    recall: float
+    f1_score: float
+    roc_auc: float
+    averaging: str = "macro"
+    evaluated_against: str = ""
+    test_samples: int = 0
+
+
+class InputSchema(_Open):
+    features: int
+    dtype: str
+    feature_names: list[str]
+
+
+class OutputSchema(_Open):
+    classes: int
+    labels: list[str]
+
+
+class ModelMetadata(_Open):
+    model_name: str
+    version: str
+    created_at: str
+    framework: str
+    framework_version: str
+    model_file: str
+    preprocessing_file: str | None = None
+    training: Training
+    performance: Evaluation
+    evaluations: dict[str, dict] = Field(default_factory=dict)
+    input_schema: InputSchema
+    output_schema: OutputSchema

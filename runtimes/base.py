@@ -1,0 +1,59 @@
+"""The one interface every framework implements, and lazy lookup by name.
+
+Runtimes import no Ray: training and serving share them, so there is no train/serve skew.
+Frameworks are imported inside each runtime module, and a module is imported only when its
+runtime is asked for, so a process serving XGBoost never loads TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, ClassVar, Protocol
+
+import numpy as np
+
+Progress = Callable[[str], None]
+
+
+class Runtime(Protocol):
+    name: ClassVar[str]
+    framework: ClassVar[str]
+    model_file: ClassVar[str]
+
+    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
+            seed: int, fast: bool, progress: Progress) -> dict: ...
+    """Train; returns the hyper-parameters and training facts worth recording."""
+
+    def save(self, directory: Path) -> list[Path]: ...
+
+    @classmethod
+    def load(cls, directory: Path, threads: int | None = None) -> "Runtime": ...
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+    """Raw features [n, 36] (NaN = missing) -> probabilities [n, 3] in LABELS order."""
+
+    @staticmethod
+    def framework_version() -> str: ...
+
+
+_MODULES = {
+    "keras_cnn": "runtimes.keras_cnn",
+    "xgboost": "runtimes.xgboost_runtime",
+    "random_forest": "runtimes.random_forest",
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODULES)
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    if name not in _MODULES:
+        raise KeyError(f"unknown model {name!r}: expected one of {', '.join(_MODULES)}")
+    return importlib.import_module(_MODULES[name]).RUNTIME
+
+
+def load(name: str, directory: Path, threads: int | None = None) -> Runtime:
+    return runtime_class(name).load(Path(directory), threads=threads)
+
+
+def normalize(probabilities: np.ndarray) -> np.ndarray:
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)

@@ -1,0 +1,161 @@
+"""A Keras 1D CNN over the KOI parameters, saved in Keras 3's native .keras format.
+
+Layout: each of the 16 catalogue parameters is one position of a sequence with three channels,
+[value, upper error, lower error] (zero where a parameter has no error columns), so the
+convolutions share weights across parameters and learn how a value relates to its uncertainty;
+a dense head then sees the whole grid. The model's input is the preprocessed [None, 36] row:
+the regrouping into the [16, 3] grid happens inside the model (ParameterGrid), so serving can
+compile one function with a fixed [None, 36] signature.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Progress
+from .preprocessing import Preprocessor
+from .schema import FEATURE_INDEX, N_CLASSES, N_FEATURES, PARAMETERS
+
+EPOCHS = 40
+FAST_EPOCHS = 3
+_PAD = N_FEATURES  # index of the appended zero column
+
+
+def grid_indices() -> list[int]:
+    """For each (parameter, channel) cell, the feature column it reads (or the zero pad)."""
+    indices = []
+    for parameter, has_errors in PARAMETERS:
+        indices.append(FEATURE_INDEX[parameter])
+        if has_errors:
+            indices += [FEATURE_INDEX[f"{parameter}_err1"], FEATURE_INDEX[f"{parameter}_err2"]]
+        else:
+            indices += [_PAD, _PAD]
+    return indices
+
+
+def _configure_threads(threads: int | None) -> None:
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TF already initialized in this process: it keeps its first setting
+
+
+@functools.cache
+def _layers():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="kepler")
+    class ParameterGrid(keras.layers.Layer):
+        """[n, 36] -> [n, 16, 3]: regroup each parameter with its error columns."""
+
+        def __init__(self, indices, **kwargs):
+            super().__init__(**kwargs)
+            self.indices = list(indices)
+
+        def call(self, x):
+            padded = keras.ops.concatenate([x, keras.ops.zeros_like(x[:, :1])], axis=1)
+            return keras.ops.reshape(keras.ops.take(padded, self.indices, axis=1), (-1, len(PARAMETERS), 3))
+
+        def get_config(self):
+            return {**super().get_config(), "indices": self.indices}
+
+    return ParameterGrid
+
+
+def build_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    grid = _layers()
+    inputs = keras.Input(shape=(N_FEATURES,), name="features")
+    x = grid(grid_indices(), name="parameter_grid")(inputs)
+    x = keras.layers.Conv1D(32, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Conv1D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    outputs = keras.layers.Dense(N_CLASSES, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="koi_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+class KerasCNNRuntime:
+    name: ClassVar[str] = "keras_cnn"
+    framework: ClassVar[str] = "tensorflow"
+    model_file: ClassVar[str] = "model.keras"
+
+    def __init__(self, model=None, preprocessor: Preprocessor | None = None):
+        self.model = model
+        self.preprocessor = preprocessor or Preprocessor()
+        self._compiled = None
+
+    @staticmethod
+    def framework_version() -> str:
+        import keras
+        import tensorflow as tf
+
+        return f"tensorflow {tf.__version__}, keras {keras.__version__}"
+
+    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress) -> dict:
+        import keras
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.preprocessor = Preprocessor.fit(X, log_skewed=True, impute=True, standardize=True)
+        model = build_model(seed)
+        epochs = FAST_EPOCHS if fast else EPOCHS
+
+        class EpochProgress(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                progress(f"keras_cnn: epoch {epoch + 1}/{epochs} loss {logs.get('loss', 0):.4f} "
+                         f"val_loss {logs.get('val_loss', 0):.4f} val_accuracy {logs.get('val_accuracy', 0):.3f}")
+
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True)
+        history = model.fit(self.preprocessor.transform(X), y, validation_data=(self.preprocessor.transform(X_val), y_val),
+                            epochs=epochs, batch_size=64, verbose=0, shuffle=True, callbacks=[EpochProgress(), stop])
+        self.model = model
+        return {"epochs": len(history.history["loss"]), "training_samples": len(y), "batch_size": 64, "optimizer": "adam(1e-3)",
+                "early_stopping": "val_loss, patience 8, best weights restored"}
+
+    def save(self, directory: Path) -> list[Path]:
+        path = Path(directory) / self.model_file
+        self.model.save(path)
+        return [path, self.preprocessor.save(directory)]
+
+    @classmethod
+    def load(cls, directory: Path, threads: int | None = None) -> "KerasCNNRuntime":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _configure_threads(threads)
+        import keras
+
+        _layers()
+        # safe_mode refuses Lambda layers and any other way to smuggle bytecode into the file.
+        model = keras.saving.load_model(Path(directory) / cls.model_file, compile=False, safe_mode=True)
+        return cls(model, Preprocessor.load(directory))
+
+    def _function(self):
+        if self._compiled is None:
+            import tensorflow as tf
+
+            # One trace for every batch size: never model.predict per request.
+            self._compiled = tf.function(lambda x: self.model(x, training=False),
+                                         input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32)])
+        return self._compiled
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = self.preprocessor.transform(X)
+        return np.asarray(self._function()(X), dtype=np.float64)
+
+
+RUNTIME = KerasCNNRuntime

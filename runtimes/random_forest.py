@@ -1,0 +1,95 @@
+"""scikit-learn Random Forest, stored as the trees' own arrays in a NumPy .npz archive.
+
+Pickle (and joblib) can run arbitrary code when loaded; an .npz read with allow_pickle=False
+holds only typed arrays, so a tampered forest can at worst predict badly, never execute. The
+forest is rebuilt from those arrays into scikit-learn's own estimator, so predictions are
+bit-identical to the trained model's.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Progress
+from .preprocessing import Preprocessor
+from .schema import N_CLASSES, N_FEATURES
+
+PARAMS = {"n_estimators": 400, "min_samples_leaf": 1, "max_features": "sqrt", "class_weight": None,
+          "criterion": "gini"}
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same forest, same bytes
+
+
+class RandomForestRuntime:
+    name: ClassVar[str] = "random_forest"
+    framework: ClassVar[str] = "scikit-learn"
+    model_file: ClassVar[str] = "model.npz"
+
+    def __init__(self, forest=None, preprocessor: Preprocessor | None = None):
+        self.forest = forest
+        self.preprocessor = preprocessor or Preprocessor()
+
+    @staticmethod
+    def framework_version() -> str:
+        import sklearn
+
+        return sklearn.__version__
+
+    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress) -> dict:
+        from sklearn.ensemble import RandomForestClassifier
+
+        self.preprocessor = Preprocessor.fit(X, log_skewed=False, impute=True, standardize=False)
+        params = {**PARAMS, "n_estimators": 40 if fast else PARAMS["n_estimators"], "random_state": seed}
+        X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
+        self.forest = RandomForestClassifier(**params, n_jobs=2).fit(self.preprocessor.transform(X_all), y_all)
+        self.forest.set_params(n_jobs=1)
+        progress(f"random_forest: {params['n_estimators']} trees")
+        return {"params": params, "epochs": 1, "training_samples": len(y_all)}
+
+    def save(self, directory: Path) -> list[Path]:
+        path = Path(directory) / self.model_file
+        arrays: dict[str, np.ndarray] = {"n_trees": np.array([len(self.forest.estimators_)])}
+        for i, tree in enumerate(self.forest.estimators_):
+            state = tree.tree_.__getstate__()
+            arrays[f"tree{i}_nodes"] = state["nodes"]
+            arrays[f"tree{i}_values"] = state["values"]
+            arrays[f"tree{i}_max_depth"] = np.array([state["max_depth"]])
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for key, array in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME), buffer.getvalue(),
+                                 compress_type=zipfile.ZIP_DEFLATED)
+        return [path, self.preprocessor.save(directory)]
+
+    @classmethod
+    def load(cls, directory: Path, threads: int | None = None) -> "RandomForestRuntime":
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.tree import DecisionTreeClassifier
+        from sklearn.tree._tree import Tree
+
+        classes = np.arange(N_CLASSES)
+        with np.load(Path(directory) / cls.model_file, allow_pickle=False) as arrays:
+            trees = []
+            for i in range(int(arrays["n_trees"][0])):
+                tree = Tree(N_FEATURES, np.array([N_CLASSES], dtype=np.intp), 1)
+                nodes = arrays[f"tree{i}_nodes"]
+                tree.__setstate__({"max_depth": int(arrays[f"tree{i}_max_depth"][0]), "node_count": len(nodes),
+                                   "nodes": nodes, "values": arrays[f"tree{i}_values"]})
+                estimator = DecisionTreeClassifier()
+                estimator.tree_, estimator.classes_, estimator.n_classes_ = tree, classes, N_CLASSES
+                estimator.n_outputs_, estimator.n_features_in_, estimator.max_features_ = 1, N_FEATURES, N_FEATURES
+                trees.append(estimator)
+        forest = RandomForestClassifier(n_estimators=len(trees), n_jobs=threads or 1)
+        forest.estimators_, forest.classes_, forest.n_classes_ = trees, classes, N_CLASSES
+        forest.n_outputs_, forest.n_features_in_ = 1, N_FEATURES
+        return cls(forest, Preprocessor.load(directory))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.forest.predict_proba(self.preprocessor.transform(X)).astype(np.float64)
+
+
+RUNTIME = RandomForestRuntime

@@ -1,0 +1,120 @@
+"""Shared fixtures: a real moto_server S3 endpoint on loopback and registries of trained models,
+each started or trained once per test session."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from registry import ModelRegistry, S3Store
+from registry.stores import LocalStore
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    """Fake AWS credentials and a private KEPLER_HOME: tests never touch a user's registry."""
+    home = tmp_path_factory.mktemp("kepler-home")
+    saved = dict(os.environ)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "KEPLER_HOME": str(home),
+                       "KEPLER_CACHE_DIR": str(home / "cache"), "KEPLER_REGISTRY_URI": str(home / "registry"),
+                       "TF_CPP_MIN_LOG_LEVEL": "2"})
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "KEPLER_S3_ENDPOINT_URL", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+class MotoServer:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.tmp / f"moto-{self.port}.log", "ab")
+        self.process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def store(self, prefix: str = "registry") -> S3Store:
+        """A fresh bucket on this server."""
+        store = S3Store(f"kepler-{uuid.uuid4().hex[:12]}", prefix, endpoint_url=self.url)
+        store.create_bucket()
+        return store
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path, moto_server):
+    if request.param == "local":
+        return LocalStore(tmp_path / "registry")
+    return moto_server.store()
+
+
+@pytest.fixture
+def any_registry(any_store, tmp_path) -> ModelRegistry:
+    return ModelRegistry(any_store, tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory) -> ModelRegistry:
+    """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data, once."""
+    from training.train import train_all
+
+    root = tmp_path_factory.mktemp("trained")
+    registry = ModelRegistry(LocalStore(root / "registry"), root / "cache")
+    train_all(registry)
+    return registry
+
+
+@pytest.fixture
+def version_dir(trained_registry, tmp_path) -> Path:
+    """A publishable copy of xgboost 1.1.0's files (its manifest left out)."""
+    source = trained_registry.pull("xgboost", "1.1.0")
+    target = tmp_path / "xgboost-1.1.0"
+    shutil.copytree(source, target)
+    (target / "checksum.sha256").unlink()
+    return target

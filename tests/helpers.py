@@ -1,0 +1,25 @@
+"""Small builders shared by tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runtimes.schema import input_schema, output_schema
+
+
+def make_version_dir(root: Path, name: str, version: str, payload: bytes = b"model-bytes", size: int = 0) -> Path:
+    """A publishable version directory with valid metadata and a model file of `size` extra bytes."""
+    directory = root / f"{name}-{version}-{abs(hash(payload)) % 10**8}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.bin").write_bytes(payload + b"\0" * size)
+    (directory / "preprocessing.json").write_text("{}")
+    metadata = {
+        "model_name": name, "version": version, "created_at": "2026-01-01T00:00:00+00:00",
+        "framework": "test", "framework_version": "0", "model_file": "model.bin",
+        "preprocessing_file": "preprocessing.json",
+        "training": {"dataset_version": "test", "training_samples": 1, "epochs": 1},
+        "performance": {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1_score": 0.5, "roc_auc": 0.5},
+        "input_schema": input_schema(), "output_schema": output_schema(),
+    }
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return directory

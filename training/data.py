@@ -1,0 +1,83 @@
+"""The bundled KOI tables, the feature matrix, the labels and the star-hash split."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from runtimes.schema import ARCHIVE_DISPOSITIONS, FEATURES
+
+SNAPSHOTS = {
+    "2019-01-20": "koi_cumulative_2019-01-20.csv.gz",
+    "2025-09-18": "koi_cumulative_2025-09-18.csv.gz",
+}
+CURRENT = "2025-09-18"
+TEST_PERCENT = 20
+VALIDATION_PERCENT = 10  # carved from the training stars only, for tuning
+
+
+def data_dir() -> Path:
+    configured = os.environ.get("KEPLER_DATA_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "data"
+
+
+def dataset_version(snapshot: str) -> str:
+    return f"koi_cumulative_{snapshot}"
+
+
+def star_bucket(kepid: int) -> int:
+    """A stable bucket in [0, 100) for a host star: sha256 of the decimal kepid."""
+    return int(hashlib.sha256(str(int(kepid)).encode()).hexdigest(), 16) % 100
+
+
+def is_test_star(kepid: int) -> bool:
+    """The documented split: a KOI is in the test set exactly when its host star's bucket < 20.
+
+    Splitting by star, never by KOI: KOIs of one star share every stellar column, so a KOI-level
+    split would put near-copies of test rows into training.
+    """
+    return star_bucket(kepid) < TEST_PERCENT
+
+
+def is_validation_star(kepid: int) -> bool:
+    return TEST_PERCENT <= star_bucket(kepid) < TEST_PERCENT + VALIDATION_PERCENT
+
+
+@dataclass
+class Snapshot:
+    name: str
+    table: pd.DataFrame
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.table[list(FEATURES)].to_numpy(dtype=np.float32)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.table["koi_disposition"].map(ARCHIVE_DISPOSITIONS).to_numpy(dtype=np.int64)
+
+    @property
+    def kepid(self) -> np.ndarray:
+        return self.table["kepid"].to_numpy()
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boolean masks (train, validation, test) over rows, by host star."""
+        buckets = np.array([star_bucket(k) for k in self.kepid])
+        test = buckets < TEST_PERCENT
+        validation = (buckets >= TEST_PERCENT) & (buckets < TEST_PERCENT + VALIDATION_PERCENT)
+        return ~test & ~validation, validation, test
+
+
+def load_snapshot(snapshot: str = CURRENT, directory: Path | None = None) -> Snapshot:
+    if snapshot not in SNAPSHOTS:
+        raise ValueError(f"unknown snapshot {snapshot!r}: expected one of {', '.join(SNAPSHOTS)}")
+    path = (directory or data_dir()) / SNAPSHOTS[snapshot]
+    table = pd.read_csv(path, comment="#").sort_values("kepoi_name", kind="stable").reset_index(drop=True)
+    unknown = set(table["koi_disposition"]) - set(ARCHIVE_DISPOSITIONS)
+    if unknown:
+        raise ValueError(f"{path.name}: unexpected dispositions {sorted(unknown)}")
+    return Snapshot(snapshot, table)
