@@ -32,12 +32,12 @@ SPLIT = "test: KOIs whose host star has int(sha256(str(kepid)), 16) % 100 < 20; 
 
 
 class Progress:
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
         self.start = time.monotonic()
         self.stream = stream
 
     def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=self.stream, flush=True)
+        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=self.stream or sys.stderr, flush=True)
 
 
 def train_version(registry: ModelRegistry, name: str, version: str, snapshot: Snapshot, current: Snapshot,
