@@ -40,3 +40,30 @@ def evaluation_plot(y: np.ndarray, probabilities: np.ndarray, title: str, path: 
     figure.savefig(path, dpi=80, metadata={"Software": None})
     plt.close(figure)
     return path
+
+
+def metrics_chart(rows: list[tuple[str, str, str, dict]], path: Path) -> Path:
+    """Grouped bars: accuracy, macro-F1 and ROC-AUC of each (model, version, labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ("accuracy", "f1_score", "roc_auc")
+    names = [f"{m} {v}\n{a.removeprefix('koi_cumulative_')} labels" for m, v, a, _ in rows]
+    figure, axis = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.5))
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        values = [e[metric] for *_, e in rows]
+        bars = axis.bar(np.arange(len(rows)) + (k - 1) * width, values, width, label=metric)
+        axis.bar_label(bars, fmt="%.2f", fontsize=7)
+    axis.set_xticks(range(len(rows)), names, fontsize=7)
+    axis.set_ylim(0.6, 1.0)
+    axis.set_ylabel("test stars (1,803 KOIs)")
+    axis.set_title("kepler-serve models: test-set metrics (macro averages)")
+    axis.legend(loc="upper left", ncols=3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(figure)
+    return path

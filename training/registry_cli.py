@@ -63,6 +63,23 @@ def cmd_compare(registry: ModelRegistry, args) -> None:
             print(f"{against:<28}{metric:<28}{fmt(va):>10}{fmt(vb):>10}{change:>10}")
 
 
+def cmd_report(registry: ModelRegistry, args) -> None:
+    """A Markdown table of every version's test metrics, and optionally a bar chart of them."""
+    rows = []
+    print("| model | version | labels | accuracy | macro-F1 | ROC-AUC (OvR, macro) | ECE |")
+    print("|---|---|---|---|---|---|---|")
+    for name in registry.models():
+        for version in registry.versions(name):
+            for against, e in sorted(registry.metadata(name, version).evaluations.items()):
+                rows.append((name, version, against, e))
+                print(f"| {name} | {version} | {against.removeprefix('koi_cumulative_')} | {e['accuracy']:.3f} | "
+                      f"{e['f1_score']:.3f} | {e['roc_auc']:.3f} | {e['expected_calibration_error']:.3f} |")
+    if args.plot and rows:
+        from training.plots import metrics_chart
+
+        metrics_chart(rows, Path(args.plot))
+
+
 def cmd_validate(registry: ModelRegistry, args) -> None:
     from runtimes import load
 
@@ -148,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     verb("list", cmd_list, "models, versions, metrics and aliases", (("name",), {"nargs": "?"}))
     verb("info", cmd_info, "a version's metadata as JSON", name, ref)
     verb("compare", cmd_compare, "two versions' test metrics side by side", name, (("a",), {}), (("b",), {}))
+    verb("report", cmd_report, "every version's test metrics as a Markdown table",
+         (("--plot",), {"help": "also write a bar chart (PNG) here"}))
     verb("validate", cmd_validate, "verify checksums, load the model and predict", name, ref)
     verb("register", cmd_register, "publish a directory as a new version", name, version, (("directory",), {}))
     verb("promote", cmd_promote, "move an alias to a version", name, version,
