@@ -1,0 +1,96 @@
+"""Typed configuration of the serving graph: the application builder's `args` and each model
+deployment's `user_config`. Everything here is plain pydantic, so `serve_config.yaml` and a
+RayService's serveConfigV2 are validated before anything starts."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from registry import RegistryConfig
+from registry.versions import check_alias, check_version, is_version
+from runtimes import MODEL_NAMES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class RegistrySettings(_Strict):
+    uri: str | None = Field(None, description="directory, file:// or s3:// URI; default ~/.kepler-serve/registry")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL")
+    cache_dir: str | None = None
+
+    def config(self) -> RegistryConfig:
+        return RegistryConfig.from_env(uri=self.uri, endpoint_url=self.endpoint_url, cache_dir=self.cache_dir)
+
+
+def _check_ref(ref: str) -> str:
+    return check_version(ref) if is_version(ref) else check_alias(ref)
+
+
+class ModelSettings(_Strict):
+    """What one model deployment serves."""
+
+    default_version: str = Field("stable", description="version or alias served when a request names none")
+    preload: list[str] = Field(default_factory=list, description="more versions or aliases loaded at start")
+    max_models_per_replica: int = Field(3, ge=1, le=16, description="multiplexed LRU cache size per replica")
+    threads: int = Field(1, ge=1, le=16, description="framework threads per replica (size to its CPU share)")
+
+    _refs = field_validator("default_version")(_check_ref)
+
+    @field_validator("preload")
+    @classmethod
+    def _refs_ok(cls, refs: list[str]) -> list[str]:
+        return [_check_ref(r) for r in refs]
+
+    @model_validator(mode="after")
+    def _cache_holds_config(self) -> "ModelSettings":
+        if len({self.default_version, *self.preload}) > self.max_models_per_replica:
+            raise ValueError("max_models_per_replica must hold every version the configuration refers to")
+        return self
+
+
+class BreakerSettings(_Strict):
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the breaker")
+    cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker turns calls away")
+
+
+class RouterSettings(_Strict):
+    """The router's user_config: changed by `serve deploy` without a restart."""
+
+    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {m: 1.0 for m in MODEL_NAMES})
+    alias_cache_s: float = Field(5.0, ge=0, description="how long a resolved alias is trusted")
+    max_batch_rows: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    request_timeout_s: float = Field(30.0, gt=0)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    @field_validator("ensemble_weights")
+    @classmethod
+    def _weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = set(weights) - set(MODEL_NAMES)
+        if unknown or any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"ensemble_weights: non-negative weights for {', '.join(MODEL_NAMES)}, at least one > 0")
+        return weights
+
+
+class BatchSettings(_Strict):
+    """A model deployment's user_config."""
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+
+
+class AppArgs(_Strict):
+    """`args` of serve_app.app:build_app."""
+
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    models: dict[str, ModelSettings] = Field(default_factory=lambda: {m: ModelSettings() for m in MODEL_NAMES})
+    router: RouterSettings = Field(default_factory=RouterSettings)
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, models: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        unknown = set(models) - set(MODEL_NAMES)
+        if unknown or not models:
+            raise ValueError(f"models: expected some of {', '.join(MODEL_NAMES)}, got {sorted(models)}")
+        return models

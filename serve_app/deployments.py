@@ -1,0 +1,99 @@
+"""The Ray wiring: one framework-neutral model deployment, bound once per model family.
+
+Each replica serves several versions of its family through `@serve.multiplexed` (concrete
+versions only; the router resolves aliases) and gathers concurrent requests with `@serve.batch`,
+whose size and wait come from `user_config` via `reconfigure()`.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from ray import serve
+
+from registry.versions import check_version, is_version
+
+from .config import BatchSettings, ModelSettings, RegistrySettings
+from .errors import BadRequest
+from .loading import LoadedModel, load_version
+
+logger = logging.getLogger("ray.serve")
+
+
+class ModelServer:
+    """Serves one model family. Bound as `keras_cnn`, `xgboost` and `random_forest`."""
+
+    def __init__(self, model_name: str, settings: dict, registry: dict):
+        self.model_name = model_name
+        self.settings = ModelSettings(**settings)
+        self.registry = RegistrySettings(**registry).config().open()
+        async def load(version: str) -> LoadedModel:  # a plain function: Serve keeps its LRU state on it
+            return await self._load(version)
+
+        self.get_model = serve.multiplexed(max_num_models_per_replica=self.settings.max_models_per_replica)(load)
+        self.max_batch_size = BatchSettings().max_batch_size
+        # Configured versions load now and stay pinned: a replica whose default version cannot load
+        # never becomes healthy. Other versions live only in the multiplexed LRU cache.
+        self.default_version = self._resolve(self.settings.default_version)
+        self.pinned: dict[str, LoadedModel] = {}
+        for ref in [self.settings.default_version, *self.settings.preload]:
+            version = self._resolve(ref)
+            self.pinned[version] = load_version(self.registry, model_name, version, self.settings.threads)
+        self.load_times = {v: m.load_time_s for v, m in self.pinned.items()}
+        logger.info("%s ready with versions %s", model_name, sorted(self.pinned))
+
+    def _resolve(self, ref: str) -> str:
+        return check_version(ref) if is_version(ref) else self.registry.resolve(self.model_name, ref)
+
+    async def _load(self, version: str) -> LoadedModel:
+        if version in self.pinned:
+            return self.pinned[version]
+        model = load_version(self.registry, self.model_name, version, self.settings.threads)
+        self.load_times[version] = model.load_time_s
+        return model
+
+    def reconfigure(self, user_config: dict) -> None:
+        batch = BatchSettings(**(user_config or {}))
+        self.max_batch_size = batch.max_batch_size
+        self.predict_batch.set_max_batch_size(batch.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        if self.default_version not in self.pinned:
+            raise RuntimeError(f"{self.model_name} {self.default_version} is not loaded")
+
+    async def predict(self, version: str, rows: np.ndarray) -> np.ndarray:
+        """Probabilities [n, 3] for rows [n, 36] from a concrete version."""
+        if not is_version(version):
+            raise BadRequest(f"model version must be concrete, got {version!r}")
+        model = await self.get_model(version)  # loads (or fails) for this request alone
+        if len(rows) >= self.max_batch_size:  # already a batch of its own
+            return model.runtime.predict_proba(rows)
+        return await self.predict_batch((version, rows))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=lambda items: sum(len(r) for _, r in items))
+    async def predict_batch(self, items: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        # Serve splits batches by multiplexed model id; group anyway so direct calls stay correct.
+        results: list[np.ndarray | None] = [None] * len(items)
+        for version in {v for v, _ in items}:
+            indices = [i for i, (v, _) in enumerate(items) if v == version]
+            model = await self.get_model(version)
+            stacked = np.concatenate([items[i][1] for i in indices])
+            probabilities = model.runtime.predict_proba(stacked)
+            offset = 0
+            for i in indices:
+                n = len(items[i][1])
+                results[i] = probabilities[offset:offset + n]
+                offset += n
+        return results
+
+    async def describe(self, version: str) -> dict:
+        model = await self.get_model(version)
+        return {"version": version, "load_time_s": round(model.load_time_s, 4), "checksums": model.checksums,
+                "pinned": version in self.pinned}
+
+    def loaded_versions(self) -> list[str]:
+        """Pinned versions plus whatever the multiplexed LRU cache holds now."""
+        wrapper = getattr(self.get_model, "__serve_multiplex_wrapper", None)
+        cached = set(getattr(wrapper, "models", {}) or {})
+        return sorted(set(self.pinned) | cached, key=lambda v: tuple(map(int, v.split("."))))

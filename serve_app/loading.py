@@ -1,0 +1,36 @@
+"""Pull a version from the registry, verify it and load it into its runtime. Ray-free."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from registry import ModelRegistry, RegistryError
+from registry.errors import NotFound
+from runtimes import Runtime, load
+
+from .errors import ModelUnavailable, NotFoundError
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    runtime: Runtime
+    load_time_s: float
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def load_version(registry: ModelRegistry, name: str, version: str, threads: int) -> LoadedModel:
+    started = time.perf_counter()
+    try:
+        directory = registry.pull(name, version)
+        manifest = registry.manifest(name, version)
+    except NotFound as e:
+        raise NotFoundError(str(e)) from None
+    except RegistryError as e:
+        raise ModelUnavailable(f"{name} {version} cannot be pulled: {e}") from None
+    try:
+        runtime = load(name, directory, threads=threads)
+    except Exception as e:  # noqa: BLE001 - any framework error means "this version cannot load"
+        raise ModelUnavailable(f"{name} {version} cannot be loaded: {type(e).__name__}: {e}") from None
+    return LoadedModel(name, version, runtime, time.perf_counter() - started, manifest)

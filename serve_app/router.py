@@ -1,0 +1,385 @@
+"""The router: the FastAPI ingress of the graph. It validates requests, resolves aliases,
+chooses models, calls the model deployments through their handles (retrying once when a replica
+dies, behind a circuit breaker each), votes the ensemble and shapes the answers of the REST API
+and the Open Inference Protocol V2."""
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import fastapi_offline
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from runtimes import MODEL_NAMES
+from runtimes.schema import LABELS, input_schema, output_schema
+
+from . import v2
+from .aliases import AliasResolver
+from .breaker import CircuitBreaker
+from .config import AppArgs, RouterSettings
+from .ensemble import soft_vote
+from .errors import BadRequest, ModelUnavailable, NotFoundError, ServingError
+from .schemas import (BatchItem, BatchPredictRequest, BatchPredictResponse, EnsembleInfo, ErrorResponse,
+                      HealthResponse, ModelAnswer, PredictRequest, PredictResponse)
+
+logger = logging.getLogger("ray.serve")
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
+_ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+_V2_ERRORS = {400: {"model": ErrorResponse, "description": "invalid request"}}
+
+app = FastAPI(title="kepler-serve", version="0.1.0", docs_url=None, redoc_url=None,
+              description="Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE.")
+app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs-assets")
+
+
+class BreakerOpen(ServingError):
+    status_code = 503
+
+
+def _request_id() -> str:
+    try:
+        request_id = serve.context._get_serve_request_context().request_id
+    except Exception:  # noqa: BLE001 - outside a Serve request (unit use)
+        request_id = ""
+    return request_id or uuid.uuid4().hex
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _location(loc) -> str:
+    """('body', 'features', 'list[...]', 2) -> 'features[2]': pydantic's union branch tags dropped."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"{parts.pop() if parts else ''}[{part}]")
+        elif part != "body" and "[" not in part and "(" not in part:
+            parts.append(part)
+    return ".".join(parts) or "body"
+
+
+_BRANCH_MISMATCH = ("Input should be a valid dictionary", "Input should be a valid list")
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
+    specific = [e for e in errors if not str(e.get("msg", "")).startswith(_BRANCH_MISMATCH)] or errors
+    error = specific[0]
+    return f"{_location(error.get('loc', ()))}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message = _first_problem(exc)
+    if request.url.path.startswith("/v2"):
+        return _error(400, message)
+    detail = [{"field": _location(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    return JSONResponse({"error": message, "detail": detail[:10],
+                         "expected_features": input_schema()["feature_names"]}, status_code=422)
+
+
+def _answers(probabilities: np.ndarray, with_probabilities: bool) -> list[BatchItem]:
+    return [BatchItem(prediction=LABELS[int(row.argmax())],
+                      probabilities=dict(zip(LABELS, map(float, row))) if with_probabilities else None)
+            for row in probabilities]
+
+
+@serve.ingress(app)
+class Router:
+    def __init__(self, models: dict[str, DeploymentHandle], args: dict):
+        self.args = AppArgs(**args)
+        self.models = models
+        self.registry = self.args.registry.config().open()
+        self.settings = self.args.router
+        self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
+        self.breakers = {name: self._breaker() for name in models}
+        self._metadata: dict[tuple[str, str], dict] = {}
+
+    def _breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(self.settings.breaker.failure_threshold, self.settings.breaker.cooldown_s)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.settings = RouterSettings(**(user_config or {}))
+        self.aliases.ttl_s = self.settings.alias_cache_s
+        for breaker in self.breakers.values():
+            breaker.failure_threshold = self.settings.breaker.failure_threshold
+            breaker.cooldown_s = self.settings.breaker.cooldown_s
+
+    # ---- calling models -------------------------------------------------------------------
+    async def _call(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+        breaker = self.breakers[name]
+        if not breaker.allow():
+            raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
+        handle = self.models[name].options(multiplexed_model_id=version)
+        for attempt in (1, 2):
+            try:
+                result = await asyncio.wait_for(handle.predict.remote(version, rows), self.settings.request_timeout_s)
+            except ServingError as e:  # this request's own problem (unknown or unloadable version)
+                breaker.record_success() if isinstance(e, (NotFoundError, BadRequest)) else None
+                raise type(e)(e.message) from None
+            except _REPLICA_GONE:
+                if attempt == 1:  # idempotent: try another replica once
+                    logger.warning("%s replica died under a request; retrying once", name)
+                    continue
+                breaker.record_failure()
+                raise ModelUnavailable(f"{name} replicas are unavailable") from None
+            except Exception as e:  # noqa: BLE001 - a failing or timed-out model: feed the breaker
+                breaker.record_failure()
+                logger.warning("%s %s failed: %s", name, version, e)
+                raise ModelUnavailable(f"{name} {version} failed: {type(e).__name__}") from None
+            breaker.record_success()
+            return result
+        raise AssertionError("unreachable")
+
+    async def _metadata_of(self, name: str, version: str) -> dict:
+        key = (name, version)
+        if key not in self._metadata:  # versions are immutable: cache for good
+            metadata = await asyncio.to_thread(self.registry.metadata, name, version)
+            self._metadata[key] = metadata.model_dump()
+        return self._metadata[key]
+
+    async def _auto(self, version_ref: str) -> str:
+        """The model whose served version has the best registry ROC-AUC."""
+        best, best_auc = None, -1.0
+        for name in self.models:
+            if self.breakers[name].state.value == "open":
+                continue
+            try:
+                version = await self.aliases.resolve(name, version_ref)
+                auc = (await self._metadata_of(name, version))["performance"]["roc_auc"]
+            except ServingError:
+                continue
+            if auc > best_auc:
+                best, best_auc = name, auc
+        if best is None:
+            raise ModelUnavailable(f"no model can serve version {version_ref!r}")
+        return best
+
+    async def _ensemble(self, version_ref: str, rows: np.ndarray):
+        weights = self.settings.ensemble_weights
+        members = [m for m in self.models if weights.get(m, 0) > 0]
+        versions = {}
+        for name in members:
+            versions[name] = await self.aliases.resolve(name, version_ref)
+        results = await asyncio.gather(*(self._call(n, versions[n], rows) for n in members), return_exceptions=True)
+        answers, skipped = {}, {}
+        for name, result in zip(members, results):
+            if isinstance(result, BaseException):
+                skipped[name] = getattr(result, "message", type(result).__name__)
+            else:
+                answers[name] = result
+        if not answers:
+            raise ModelUnavailable("every ensemble member failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
+                            degraded=bool(skipped), skipped=skipped)
+        version = versions[members[0]] if len(set(versions.values())) == 1 else version_ref
+        return soft_vote(answers, weights), version, info, answers, versions
+
+    async def _predict(self, model: str, version_ref: str, rows: np.ndarray, all_models: bool):
+        """(probabilities, model, version, ensemble info, {model: (version, probabilities)})."""
+        if model == "ensemble" or all_models:
+            probabilities, version, info, answers, versions = await self._ensemble(version_ref, rows)
+            others = {n: (versions[n], p) for n, p in answers.items()} if all_models else {}
+            if model == "ensemble":
+                return probabilities, "ensemble", version, info, others
+            if model == "auto":
+                model = await self._auto(version_ref)
+            if model in answers:
+                return answers[model], model, versions[model], None, others
+        elif model == "auto":
+            model = await self._auto(version_ref)
+        version = await self.aliases.resolve(model, version_ref)
+        probabilities = await self._call(model, version, rows)
+        return probabilities, model, version, None, {}
+
+    async def _guarded(self, coroutine):
+        try:
+            return await coroutine
+        except BreakerOpen as e:
+            retry = min(b.retry_after_s() for b in self.breakers.values() if b.opened_at) if any(
+                b.opened_at for b in self.breakers.values()) else 1
+            return _error(503, e.message, {"Retry-After": str(retry)})
+        except ModelUnavailable as e:
+            return _error(503, e.message, {"Retry-After": "1"})
+        except ServingError as e:
+            return _error(e.status_code, e.message)
+
+    # ---- REST API -------------------------------------------------------------------------
+    @app.post("/api/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=_ERRORS)
+    async def predict(self, request: PredictRequest):
+        """Classify one KOI."""
+        return await self._guarded(self._predict_one(request))
+
+    async def _predict_one(self, request: PredictRequest) -> PredictResponse:
+        started = time.perf_counter()
+        probabilities, model, version, info, others = await self._predict(
+            request.model, request.version, request.matrix(), request.return_all_models)
+        answer = _answers(probabilities, request.return_probabilities)[0]
+        return PredictResponse(
+            request_id=_request_id(), prediction=answer.prediction, probabilities=answer.probabilities,
+            model=model, version=version, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
+            all_models=[ModelAnswer(model=n, version=v, **_answers(p, request.return_probabilities)[0].model_dump())
+                        for n, (v, p) in sorted(others.items())] if request.return_all_models else None)
+
+    @app.post("/api/v1/predict/batch", response_model=BatchPredictResponse, response_model_exclude_none=True,
+              responses=_ERRORS)
+    async def predict_batch(self, request: BatchPredictRequest):
+        """Classify many KOIs in one call (up to the configured row limit)."""
+        if len(request.instances) > self.settings.max_batch_rows:
+            return _error(422, f"instances: {len(request.instances)} rows exceed the limit of "
+                               f"{self.settings.max_batch_rows}")
+        return await self._guarded(self._predict_many(request))
+
+    async def _predict_many(self, request: BatchPredictRequest) -> BatchPredictResponse:
+        started = time.perf_counter()
+        probabilities, model, version, info, others = await self._predict(
+            request.model, request.version, request.matrix(), request.return_all_models)
+        return BatchPredictResponse(
+            request_id=_request_id(), predictions=_answers(probabilities, request.return_probabilities),
+            model=model, version=version, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
+            all_models={n: _answers(p, request.return_probabilities) for n, (_, p) in sorted(others.items())}
+            if request.return_all_models else None)
+
+    @app.get("/api/v1/schema")
+    async def schema(self):
+        """The feature schema: names in order, dtype, and the labels."""
+        return {"input": input_schema(), "output": output_schema()}
+
+    @app.get("/api/v1/models")
+    async def list_models(self):
+        """Every model with its versions and aliases."""
+        def summaries():
+            return {name: {"versions": (s := self.registry.summary(name)).versions, "aliases": s.aliases,
+                           "default_version": self.args.models[name].default_version}
+                    for name in self.models}
+        return await self._guarded(self._registry_call(summaries))
+
+    async def _registry_call(self, function):
+        try:
+            return await asyncio.to_thread(function)
+        except Exception as e:  # noqa: BLE001 - registry unreachable or malformed
+            raise ModelUnavailable(f"registry unavailable: {e}") from None
+
+    @app.get("/api/v1/models/{name}/info", responses=_ERRORS)
+    async def model_info(self, name: str, version: str = "stable"):
+        """The served version's metadata: features, metrics, aliases, checksums, load time."""
+        if name not in self.models:
+            return _error(404, f"unknown model {name!r}: expected one of {', '.join(self.models)}")
+
+        async def info():
+            resolved = await self.aliases.resolve(name, version)
+            metadata = await self._metadata_of(name, resolved)
+            handle = self.models[name].options(multiplexed_model_id=resolved)
+            loaded = await handle.describe.remote(resolved)
+            aliases = await self._registry_call(lambda: self.registry.aliases(name))
+            return {"name": name, "version": resolved, "requested": version, "aliases": aliases,
+                    "metadata": metadata, "checksums": loaded["checksums"], "load_time_s": loaded["load_time_s"]}
+        return await self._guarded(info())
+
+    async def _loaded(self) -> dict[str, list[str]]:
+        async def one(name):
+            try:
+                return await asyncio.wait_for(self.models[name].loaded_versions.remote(), 5)
+            except Exception:  # noqa: BLE001 - an unreachable deployment has nothing loaded
+                return []
+        return dict(zip(self.models, await asyncio.gather(*(one(n) for n in self.models))))
+
+    @app.get("/api/v1/health", response_model=HealthResponse)
+    async def health(self):
+        """Liveness and what is loaded: healthy, degraded (a model down or its breaker open) or unhealthy."""
+        loaded = await self._loaded()
+        breakers = {name: b.state.value for name, b in self.breakers.items()}
+        up = [n for n in self.models if loaded[n] and breakers[n] == "closed"]
+        status = "healthy" if len(up) == len(self.models) else "degraded" if up else "unhealthy"
+        body = HealthResponse(status=status, timestamp=dt.datetime.now(dt.timezone.utc).isoformat(),
+                              models_loaded=loaded, cache_size=sum(map(len, loaded.values())), breakers=breakers)
+        return JSONResponse(body.model_dump(), status_code=200 if status != "unhealthy" else 503)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self):
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="kepler-serve API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
+
+    # ---- Open Inference Protocol V2 ---------------------------------------------------------
+    @app.get("/v2")
+    async def v2_server(self):
+        return {"name": "kepler-serve", "version": "0.1.0", "extensions": []}
+
+    @app.get("/v2/health/live")
+    async def v2_live(self):
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(self):
+        loaded = await self._loaded()
+        ready = all(loaded.values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    def _v2_names(self) -> list[str]:
+        return [*self.models, "ensemble"]
+
+    async def _v2_versions(self, name: str) -> list[str]:
+        members = list(self.models) if name == "ensemble" else [name]
+        sets = await self._registry_call(lambda: [set(self.registry.versions(m)) for m in members])
+        return sorted(set.intersection(*sets))
+
+    @app.get("/v2/models/{name}", responses=_V2_ERRORS)
+    @app.get("/v2/models/{name}/versions/{version}", responses=_V2_ERRORS)
+    async def v2_metadata(self, name: str, version: str | None = None):
+        if name not in self._v2_names():
+            return _error(400, f"unknown model {name!r}: expected one of {', '.join(self._v2_names())}")
+        try:
+            versions = await self._v2_versions(name)
+        except ServingError as e:
+            return _error(400, e.message)
+        if version is not None and version not in versions:
+            return _error(400, f"model {name!r} has no version {version!r} (versions: {', '.join(versions)})")
+        platform = "kepler-serve-ensemble" if name == "ensemble" else f"kepler-serve-{name}"
+        return v2.model_metadata(name, versions, platform)
+
+    @app.get("/v2/models/{name}/ready", responses=_V2_ERRORS)
+    @app.get("/v2/models/{name}/versions/{version}/ready", responses=_V2_ERRORS)
+    async def v2_model_ready(self, name: str, version: str | None = None):
+        if name not in self._v2_names():
+            return _error(400, f"unknown model {name!r}")
+        loaded = await self._loaded()
+        members = list(self.models) if name == "ensemble" else [name]
+        if version is None:
+            ready = all(loaded[m] for m in members)
+        else:
+            ready = all(version in loaded[m] for m in members)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 400)
+
+    @app.post("/v2/models/{name}/infer", response_model=v2.InferResponse, response_model_exclude_none=True,
+              responses=_V2_ERRORS)
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=v2.InferResponse,
+              response_model_exclude_none=True, responses=_V2_ERRORS)
+    async def v2_infer(self, name: str, request: v2.InferRequest, version: str | None = None):
+        if name not in self._v2_names():
+            return _error(400, f"unknown model {name!r}: expected one of {', '.join(self._v2_names())}")
+        try:
+            rows = v2.decode(request, self.settings.max_batch_rows)
+            outputs = v2.requested_outputs(request)
+            probabilities, model, served, _, _ = await self._predict(name, version or "stable", rows, False)
+        except v2.V2Error as e:
+            return _error(400, str(e))
+        except BreakerOpen as e:
+            return _error(503, e.message, {"Retry-After": "1"})
+        except ServingError as e:
+            return _error(400 if e.status_code < 500 else e.status_code, e.message)
+        return v2.encode(name, served, request.id or _request_id(), probabilities, outputs)

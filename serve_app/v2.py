@@ -1,0 +1,127 @@
+"""Open Inference Protocol V2 (REST, JSON tensors): request decoding, response encoding and
+model metadata. Ray-free; the router mounts the routes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtimes.schema import LABELS, N_CLASSES, N_FEATURES
+
+INPUT_NAME = "features"
+OUTPUTS = ("probabilities", "labels")
+_FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
+
+
+class V2Error(ValueError):
+    """Anything wrong with a V2 request: answered with HTTP 400 {"error": ...}."""
+
+
+class TensorInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[TensorInput] = Field(..., min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class TensorOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_name: str
+    model_version: str | None = None
+    id: str
+    parameters: dict[str, Any] | None = None
+    outputs: list[TensorOutput]
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:  # iterative: deeply nested input cannot exhaust the recursion limit
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def decode(request: InferRequest, max_rows: int) -> np.ndarray:
+    """The single FP32/FP64 input tensor as a float32 matrix [N, 36], all values present."""
+    if len(request.inputs) != 1:
+        raise V2Error(f"expected exactly one input tensor named '{INPUT_NAME}', got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.datatype not in _FLOAT_TYPES:
+        raise V2Error(f"input '{tensor.name}': datatype must be FP32 or FP64, got {tensor.datatype!r}")
+    if len(tensor.shape) != 2 or tensor.shape[1] != N_FEATURES or tensor.shape[0] < 1:
+        raise V2Error(f"input '{tensor.name}': shape must be [N, {N_FEATURES}] with N >= 1, got {tensor.shape}")
+    if tensor.shape[0] > max_rows:
+        raise V2Error(f"input '{tensor.name}': {tensor.shape[0]} rows exceed the limit of {max_rows}")
+    flat = _flatten(tensor.data)
+    expected = tensor.shape[0] * N_FEATURES
+    if len(flat) != expected:
+        raise V2Error(f"input '{tensor.name}': shape {tensor.shape} needs {expected} values, data has {len(flat)}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
+        raise V2Error(f"input '{tensor.name}': every value must be a number (V2 has no null: send missing "
+                      "values through POST /api/v1/predict)")
+    matrix = np.asarray(flat, dtype=np.float64).reshape(tensor.shape)
+    if not np.isfinite(matrix).all():
+        raise V2Error(f"input '{tensor.name}': values must be finite")
+    return matrix.astype(np.float32)
+
+
+def requested_outputs(request: InferRequest) -> list[str]:
+    if not request.outputs:
+        return list(OUTPUTS)
+    names = [o.name for o in request.outputs]
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown:
+        raise V2Error(f"unknown output(s) {unknown}: this model has {list(OUTPUTS)}")
+    return names
+
+
+def encode(model_name: str, version: str, request_id: str, probabilities: np.ndarray,
+           outputs: list[str]) -> InferResponse:
+    n = len(probabilities)
+    tensors = {
+        "probabilities": TensorOutput(name="probabilities", shape=[n, N_CLASSES], datatype="FP32",
+                                      data=probabilities.astype(np.float32).ravel().tolist()),
+        "labels": TensorOutput(name="labels", shape=[n], datatype="BYTES",
+                               data=[LABELS[i] for i in probabilities.argmax(axis=1)]),
+    }
+    return InferResponse(model_name=model_name, model_version=version, id=request_id,
+                         outputs=[tensors[name] for name in outputs])
+
+
+def model_metadata(name: str, versions: list[str], platform: str) -> dict:
+    return {
+        "name": name, "versions": versions, "platform": platform,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, N_FEATURES]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, N_CLASSES]},
+                    {"name": "labels", "datatype": "BYTES", "shape": [-1]}],
+    }
