@@ -61,7 +61,7 @@ class RouterSettings(_Strict):
     alias_cache_s: float = Field(5.0, ge=0, description="how long a resolved alias is trusted")
     max_batch_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1024)
-    request_timeout_s: float = Field(30.0, gt=0)
+    model_timeout_s: float = Field(10.0, gt=0, description="longest wait for one model's answer")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
     @field_validator("ensemble_weights")

@@ -17,12 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from runtimes import MODEL_NAMES
+from registry import InvalidName, NotFound
 from runtimes.schema import LABELS, input_schema, output_schema
 
 from . import v2
@@ -42,6 +43,54 @@ _V2_ERRORS = {400: {"model": ErrorResponse, "description": "invalid request"}}
 app = FastAPI(title="kepler-serve", version="0.1.0", docs_url=None, redoc_url=None,
               description="Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE.")
 app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs-assets")
+
+
+class BodyLimit:
+    """413 for bodies over the configured size, checked before anything parses them (ASGI)."""
+
+    limit = 2_000_000
+
+    def __init__(self, asgi_app):
+        self.app = asgi_app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): buffer up to the limit, then replay the body.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        response = _error(413, f"request body exceeds the limit of {self.limit} bytes")
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+app.add_middleware(BodyLimit)
 
 
 class BreakerOpen(ServingError):
@@ -78,7 +127,19 @@ def _first_problem(exc: RequestValidationError) -> str:
     errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
     specific = [e for e in errors if not str(e.get("msg", "")).startswith(_BRANCH_MISMATCH)] or errors
     error = specific[0]
+    if error.get("type") == "json_invalid":
+        return f"body: not valid JSON (at character {error.get('loc', ('', '?'))[-1]})"
     return f"{_location(error.get('loc', ()))}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status, message = exc.status_code, str(exc.detail)
+    if status == 400 and "parsing the body" in message:  # malformed JSON or bytes that are not UTF-8
+        status, message = 422, "body: not valid JSON (RFC 8259, UTF-8)"
+    if request.url.path.startswith("/v2") and 400 <= status < 500:
+        status = 400
+    return _error(status, message, getattr(exc, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
@@ -113,6 +174,7 @@ class Router:
 
     def reconfigure(self, user_config: dict) -> None:
         self.settings = RouterSettings(**(user_config or {}))
+        BodyLimit.limit = self.settings.max_body_bytes  # one router per replica process
         self.aliases.ttl_s = self.settings.alias_cache_s
         for breaker in self.breakers.values():
             breaker.failure_threshold = self.settings.breaker.failure_threshold
@@ -126,10 +188,10 @@ class Router:
         handle = self.models[name].options(multiplexed_model_id=version)
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(handle.predict.remote(version, rows), self.settings.request_timeout_s)
+                result = await asyncio.wait_for(handle.predict.remote(version, rows), self.settings.model_timeout_s)
             except ServingError as e:  # this request's own problem (unknown or unloadable version)
-                breaker.record_success() if isinstance(e, (NotFoundError, BadRequest)) else None
-                raise type(e)(e.message) from None
+                cause = getattr(e, "cause", None)  # Ray wraps replica exceptions in RayTaskError
+                raise (cause if isinstance(cause, ServingError) else e) from None
             except _REPLICA_GONE:
                 if attempt == 1:  # idempotent: try another replica once
                     logger.warning("%s replica died under a request; retrying once", name)
@@ -147,7 +209,7 @@ class Router:
     async def _metadata_of(self, name: str, version: str) -> dict:
         key = (name, version)
         if key not in self._metadata:  # versions are immutable: cache for good
-            metadata = await asyncio.to_thread(self.registry.metadata, name, version)
+            metadata = await self._registry_call(lambda: self.registry.metadata(name, version))
             self._metadata[key] = metadata.model_dump()
         return self._metadata[key]
 
@@ -270,6 +332,10 @@ class Router:
     async def _registry_call(self, function):
         try:
             return await asyncio.to_thread(function)
+        except NotFound as e:
+            raise NotFoundError(str(e)) from None
+        except InvalidName as e:
+            raise BadRequest(str(e)) from None
         except Exception as e:  # noqa: BLE001 - registry unreachable or malformed
             raise ModelUnavailable(f"registry unavailable: {e}") from None
 

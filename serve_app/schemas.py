@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
+from registry.versions import check_alias, is_version
 from runtimes import MODEL_NAMES
 from runtimes.schema import FEATURE_INDEX, FEATURES, LABELS, N_FEATURES
 
@@ -26,8 +27,16 @@ class _Request(BaseModel):
     return_all_models: bool = Field(False, description="also return every model's answer side by side")
     return_probabilities: bool = True
 
+    @field_validator("version")
+    @classmethod
+    def _version(cls, version: str) -> str:
+        if is_version(version):
+            return version
+        check_alias(version)  # InvalidName is a ValueError: a 422 naming the field
+        return version
 
-def features_row(features: list | dict, where: str) -> list[float]:
+
+def features_row(features: list | dict) -> list[float]:
     """One row in schema order with NaN for missing; ValueError names the offending field."""
     if isinstance(features, dict):
         unknown = [k for k in features if k not in FEATURE_INDEX]
@@ -48,11 +57,11 @@ class PredictRequest(_Request):
     @field_validator("features")
     @classmethod
     def _shape(cls, features):
-        features_row(features, "features")
+        features_row(features)
         return features
 
     def matrix(self) -> np.ndarray:
-        return np.asarray([features_row(self.features, "features")], dtype=np.float32)
+        return np.asarray([features_row(self.features)], dtype=np.float32)
 
 
 class BatchPredictRequest(_Request):
@@ -62,11 +71,14 @@ class BatchPredictRequest(_Request):
     @classmethod
     def _shape(cls, instances):
         for i, features in enumerate(instances):
-            features_row(features, f"instances[{i}]")
+            try:
+                features_row(features)
+            except ValueError as e:
+                raise ValueError(f"instances[{i}]: {e}") from None
         return instances
 
     def matrix(self) -> np.ndarray:
-        return np.asarray([features_row(f, f"instances[{i}]") for i, f in enumerate(self.instances)], dtype=np.float32)
+        return np.asarray([features_row(f) for f in self.instances], dtype=np.float32)
 
 
 class ModelAnswer(BaseModel):

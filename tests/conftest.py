@@ -106,7 +106,11 @@ def trained_registry(tmp_path_factory) -> ModelRegistry:
 
     root = tmp_path_factory.mktemp("trained")
     registry = ModelRegistry(LocalStore(root / "registry"), root / "cache")
-    train_all(registry)
+    reuse = os.environ.get("KEPLER_TEST_TRAINED_REGISTRY")  # a developer's shortcut; CI always trains
+    if reuse:
+        shutil.copytree(reuse, root / "registry")
+    else:
+        train_all(registry)
     return registry
 
 
@@ -118,3 +122,20 @@ def version_dir(trained_registry, tmp_path) -> Path:
     shutil.copytree(source, target)
     (target / "checksum.sha256").unlink()
     return target
+
+
+@pytest.fixture(scope="session")
+def serve_app(trained_registry, tmp_path_factory):
+    """One real Ray node running the Serve application from serve_config.yaml, for the session."""
+    from .ray_cluster import RayNode, test_config
+
+    node = RayNode()
+    node.start()
+    try:
+        config = test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")))
+        node.deploy(config)
+        node.wait_healthy()
+        node.config = config
+        yield node
+    finally:
+        node.stop()
