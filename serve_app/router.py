@@ -90,6 +90,21 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+class V2JsonBodies:
+    """V2 clients (tritonclient among them) may send JSON without a Content-Type: treat it as JSON."""
+
+    def __init__(self, asgi_app):
+        self.app = asgi_app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v2/") and scope["method"] == "POST":
+            headers = scope.get("headers") or []
+            if not any(name == b"content-type" for name, _ in headers):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+app.add_middleware(V2JsonBodies)
 app.add_middleware(BodyLimit)
 
 
