@@ -1,0 +1,54 @@
+"""Failures from real causes: a model replica's process killed under traffic. The ensemble keeps
+answering (degraded, saying which models voted), the lone model gets 503s with Retry-After while
+its breaker is open, and everything recovers when Serve has restarted the replica."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import requests
+
+from .ray_cluster import SERVE_URL
+from .test_serving import as_json_row, held_out
+
+PREDICT = f"{SERVE_URL}/api/v1/predict"
+
+
+def replica_pids(node, deployment: str) -> list[int]:
+    replicas = node.serve_status()["applications"]["kepler"]["deployments"][deployment]["replicas"]
+    return [r["pid"] for r in replicas if r["state"] == "RUNNING" and r.get("pid")]
+
+
+def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
+    row = as_json_row(held_out(1)[0])
+    assert requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=30).json()["ensemble"][
+        "degraded"] is False
+    pids = replica_pids(serve_app, "keras_cnn")
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    ensemble, alone, deadline = [], [], time.monotonic() + 120
+    recovered = False
+    while time.monotonic() < deadline and not recovered:
+        response = requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=60)
+        ensemble.append((response.status_code, response.json()))
+        lone = requests.post(PREDICT, json={"features": row, "model": "keras_cnn"}, timeout=60)
+        alone.append((lone.status_code, lone.headers.get("Retry-After"), lone.json()))
+        recovered = len(ensemble) > 1 and not ensemble[-1][1]["ensemble"]["degraded"] and lone.status_code == 200
+        time.sleep(0.2)
+
+    assert all(status == 200 for status, _ in ensemble), [b for s, b in ensemble if s != 200][:3]
+    degraded = [body["ensemble"] for _, body in ensemble if body["ensemble"]["degraded"]]
+    assert degraded, "the ensemble never noticed the dead model"
+    assert all(d["members"] == ["random_forest", "xgboost"] and "keras_cnn" in d["skipped"] for d in degraded)
+    refused = [(retry, body) for status, retry, body in alone if status == 503]
+    assert refused and all(retry and int(retry) >= 1 and "keras_cnn" in body["error"] for retry, body in refused)
+    assert all(status in (200, 503) for status, _, _ in alone)
+    assert recovered, "keras_cnn did not come back within 120 s"
+    print(f"\nkeras_cnn killed: {len(ensemble)} ensemble requests, all answered, {len(degraded)} degraded; "
+          f"{len(refused)} lone requests refused with 503; recovered after {time.monotonic() - killed_at:.1f} s")
+    health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()
+    assert health["status"] == "healthy", health
