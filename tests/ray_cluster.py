@@ -37,6 +37,8 @@ def test_config(registry_uri: str, cache_dir: str, **router_overrides) -> dict:
     app = config["applications"][0]
     app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir}
     for deployment in app["deployments"]:
+        if deployment["name"] == "xgboost":  # two replicas: a dying one must not fail requests
+            deployment["autoscaling_config"]["min_replicas"] = 2
         if deployment["name"] == "Router":
             deployment["user_config"].update({"alias_cache_s": 1, "model_timeout_s": 5,
                                               "breaker": {"failure_threshold": 2, "cooldown_s": 3}},
@@ -87,6 +89,18 @@ class RayNode:
                 last = repr(e)
             time.sleep(0.5)
         raise TimeoutError(f"the application is not healthy after {timeout}s: {last}\n{self.logs_tail()}")
+
+    def wait_running(self, timeout: float = 240) -> None:
+        """The application RUNNING with every deployment HEALTHY, and the API healthy."""
+        deadline, status = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            status = self.serve_status()["applications"].get("kepler", {})
+            deployments = status.get("deployments", {}).values()
+            if status.get("status") == "RUNNING" and all(d["status"] == "HEALTHY" for d in deployments):
+                self.wait_healthy(max(1.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"application not RUNNING after {timeout}s: {json.dumps(status)[-2000:]}")
 
     def logs_tail(self) -> str:
         status = json.dumps(self.serve_status(), indent=1)[-3000:] if self.process else ""

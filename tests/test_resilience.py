@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -52,3 +53,49 @@ def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
           f"{len(refused)} lone requests refused with 503; recovered after {time.monotonic() - killed_at:.1f} s")
     health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()
     assert health["status"] == "healthy", health
+
+
+def test_a_replica_killed_under_load_fails_no_request(serve_app):
+    """xgboost runs two replicas: requests caught on the dying one are retried on the other."""
+    rows = [as_json_row(r) for r in held_out(20)]
+    pids = replica_pids(serve_app, "xgboost")
+    assert len(pids) >= 2, pids
+
+    def one(i: int) -> int:
+        if i == 40:
+            os.kill(pids[0], signal.SIGKILL)
+        response = requests.post(PREDICT, json={"features": rows[i % len(rows)], "model": "xgboost"}, timeout=60)
+        return response.status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(one, range(400)))
+    failed = [s for s in statuses if s != 200]
+    print(f"\nxgboost replica killed under load: {len(statuses)} requests, {len(failed)} failed")
+    assert not failed, failed
+
+
+def test_a_deploy_whose_default_version_cannot_load_leaves_the_old_replicas_serving(serve_app):
+    import copy
+
+    bad = copy.deepcopy(serve_app.config)
+    bad["applications"][0]["args"]["models"]["xgboost"]["default_version"] = "9.9.9"
+    row = as_json_row(held_out(1)[0])
+    serve_app.deploy(bad)
+    statuses, state, deadline = [], None, time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            response = requests.post(PREDICT, json={"features": row, "model": "xgboost"}, timeout=60)
+            statuses.append(response.status_code)
+            deployments = serve_app.serve_status()["applications"]["kepler"].get("deployments", {})
+            deployment = deployments.get("xgboost", {})  # absent while the controller builds the app
+            state = deployment.get("status")
+            if state == "DEPLOY_FAILED":
+                break
+            time.sleep(0.5)
+        assert state == "DEPLOY_FAILED", state
+        assert "9.9.9" in deployment["message"]
+        assert statuses and set(statuses) == {200}, statuses
+        assert requests.post(PREDICT, json={"features": row, "model": "xgboost"}, timeout=60).status_code == 200
+    finally:
+        serve_app.deploy(serve_app.config)
+        serve_app.wait_running()
