@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# From a fresh clone to a bootstrapped local model registry: a virtualenv with the pinned
-# dependencies, then the three model families trained on the bundled KOI data and registered
-# (versions already registered are skipped, so running this again is quick).
+# From a fresh clone to a serving graph on http://127.0.0.1:8000:
+#   1. a virtualenv with the pinned dependencies (constraints.txt),
+#   2. the model registry bootstrapped from the bundled KOI data when it is empty (the three
+#      families trained and registered, with progress; registered versions are skipped),
+#   3. `serve run serve_config.yaml` (Ctrl-C stops it).
+# Pass --no-serve to stop after step 2.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,3 +17,9 @@ fi
 echo "==> bootstrapping the model registry (${KEPLER_REGISTRY_URI:-~/.kepler-serve/registry})"
 .venv/bin/kepler-train
 .venv/bin/kepler-registry list
+if [ "${1:-}" = "--no-serve" ]; then exit 0; fi
+
+echo "==> serving on http://127.0.0.1:8000 (docs: http://127.0.0.1:8000/docs)"
+# A single local node: Ray's token authentication is for clusters (see the README).
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+exec .venv/bin/serve run serve_config.yaml

@@ -223,3 +223,25 @@ def test_docs_render_from_local_assets(serve_app):
     spec = requests.get(f"{SERVE_URL}/openapi.json", timeout=10).json()
     assert {"/api/v1/predict", "/api/v1/predict/batch", "/v2/models/{name}/infer"} <= set(spec["paths"])
     assert "400" in spec["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+
+
+def test_a_version_that_cannot_load_fails_only_its_requests(serve_app, trained_registry, tmp_path):
+    """A registered xgboost version whose model file is not a booster (checksums intact)."""
+    import shutil
+
+    source = tmp_path / "broken"
+    shutil.copytree(trained_registry.pull("xgboost", "1.1.0"), source)
+    (source / "checksum.sha256").unlink()
+    (source / "model.json").write_text('{"learner": "not a booster"}')
+    metadata = json.loads((source / "metadata.json").read_text())
+    (source / "metadata.json").write_text(json.dumps({**metadata, "version": "9.0.0"}))
+    trained_registry.publish("xgboost", "9.0.0", source)
+    try:
+        response = post(PREDICT, {"features": _row(), "model": "xgboost", "version": "9.0.0"})
+        assert response.status_code == 503 and "cannot be loaded" in response.json()["error"]
+        assert response.headers.get("Retry-After")
+        assert post(PREDICT, {"features": _row(), "model": "xgboost"}).status_code == 200
+        health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()
+        assert health["status"] == "healthy" and health["breakers"]["xgboost"] == "closed"
+    finally:
+        trained_registry.archive("xgboost", "9.0.0")
