@@ -12,6 +12,8 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
+from .preprocessing import Preprocessor
+
 Progress = Callable[[str], None]
 
 
@@ -34,6 +36,26 @@ class Runtime(Protocol):
 
     @staticmethod
     def framework_version() -> str: ...
+
+
+class FrameworkRuntime:
+    """What every runtime shares: its fitted model, its preprocessing and how both are saved."""
+
+    name: ClassVar[str]
+    framework: ClassVar[str]
+    model_file: ClassVar[str]
+
+    def __init__(self, model=None, preprocessor: Preprocessor | None = None):
+        self.model = model
+        self.preprocessor = preprocessor or Preprocessor()
+
+    def save(self, directory: Path) -> list[Path]:
+        path = Path(directory) / self.model_file
+        self._save_model(path)
+        return [path, self.preprocessor.save(directory)]
+
+    def _save_model(self, path: Path) -> None:
+        raise NotImplementedError
 
 
 _MODULES = {

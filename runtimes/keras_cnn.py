@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Progress
+from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
 from .schema import FEATURE_INDEX, N_CLASSES, N_FEATURES, PARAMETERS
 
@@ -90,14 +90,13 @@ def build_model(seed: int):
     return model
 
 
-class KerasCNNRuntime:
+class KerasCNNRuntime(FrameworkRuntime):
     name: ClassVar[str] = "keras_cnn"
     framework: ClassVar[str] = "tensorflow"
     model_file: ClassVar[str] = "model.keras"
 
     def __init__(self, model=None, preprocessor: Preprocessor | None = None):
-        self.model = model
-        self.preprocessor = preprocessor or Preprocessor()
+        super().__init__(model, preprocessor)
         self._compiled = None
 
     @staticmethod
@@ -128,10 +127,8 @@ class KerasCNNRuntime:
         return {"epochs": len(history.history["loss"]), "training_samples": len(y), "batch_size": 64, "optimizer": "adam(1e-3)",
                 "early_stopping": "val_loss, patience 8, best weights restored"}
 
-    def save(self, directory: Path) -> list[Path]:
-        path = Path(directory) / self.model_file
+    def _save_model(self, path: Path) -> None:
         self.model.save(path)
-        return [path, self.preprocessor.save(directory)]
 
     @classmethod
     def load(cls, directory: Path, threads: int | None = None) -> "KerasCNNRuntime":

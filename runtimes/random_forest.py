@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Progress
+from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
 from .schema import N_CLASSES, N_FEATURES
 
@@ -23,14 +23,10 @@ PARAMS = {"n_estimators": 400, "min_samples_leaf": 1, "max_features": "sqrt", "c
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same forest, same bytes
 
 
-class RandomForestRuntime:
+class RandomForestRuntime(FrameworkRuntime):
     name: ClassVar[str] = "random_forest"
     framework: ClassVar[str] = "scikit-learn"
     model_file: ClassVar[str] = "model.npz"
-
-    def __init__(self, forest=None, preprocessor: Preprocessor | None = None):
-        self.forest = forest
-        self.preprocessor = preprocessor or Preprocessor()
 
     @staticmethod
     def framework_version() -> str:
@@ -44,15 +40,14 @@ class RandomForestRuntime:
         self.preprocessor = Preprocessor.fit(X, log_skewed=False, impute=True, standardize=False)
         params = {**PARAMS, "n_estimators": 40 if fast else PARAMS["n_estimators"], "random_state": seed}
         X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
-        self.forest = RandomForestClassifier(**params, n_jobs=2).fit(self.preprocessor.transform(X_all), y_all)
-        self.forest.set_params(n_jobs=1)
+        self.model = RandomForestClassifier(**params, n_jobs=2).fit(self.preprocessor.transform(X_all), y_all)
+        self.model.set_params(n_jobs=1)
         progress(f"random_forest: {params['n_estimators']} trees")
         return {"params": params, "epochs": 1, "training_samples": len(y_all)}
 
-    def save(self, directory: Path) -> list[Path]:
-        path = Path(directory) / self.model_file
-        arrays: dict[str, np.ndarray] = {"n_trees": np.array([len(self.forest.estimators_)])}
-        for i, tree in enumerate(self.forest.estimators_):
+    def _save_model(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {"n_trees": np.array([len(self.model.estimators_)])}
+        for i, tree in enumerate(self.model.estimators_):
             state = tree.tree_.__getstate__()
             arrays[f"tree{i}_nodes"] = state["nodes"]
             arrays[f"tree{i}_values"] = state["values"]
@@ -63,7 +58,6 @@ class RandomForestRuntime:
                 np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
                 archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME), buffer.getvalue(),
                                  compress_type=zipfile.ZIP_DEFLATED)
-        return [path, self.preprocessor.save(directory)]
 
     @classmethod
     def load(cls, directory: Path, threads: int | None = None) -> "RandomForestRuntime":
@@ -89,7 +83,7 @@ class RandomForestRuntime:
         return cls(forest, Preprocessor.load(directory))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.forest.predict_proba(self.preprocessor.transform(X)).astype(np.float64)
+        return self.model.predict_proba(self.preprocessor.transform(X)).astype(np.float64)
 
 
 RUNTIME = RandomForestRuntime

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Progress
+from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
 from .schema import FEATURES, N_CLASSES
 
@@ -18,14 +18,10 @@ PARAMS = {
 }
 
 
-class XGBoostRuntime:
+class XGBoostRuntime(FrameworkRuntime):
     name: ClassVar[str] = "xgboost"
     framework: ClassVar[str] = "xgboost"
     model_file: ClassVar[str] = "model.json"
-
-    def __init__(self, booster=None, preprocessor: Preprocessor | None = None):
-        self.booster = booster
-        self.preprocessor = preprocessor or Preprocessor()
 
     @staticmethod
     def framework_version() -> str:
@@ -46,13 +42,11 @@ class XGBoostRuntime:
         rounds = probe.best_iteration + 1
         progress(f"xgboost: {rounds} rounds chosen on the validation stars")
         X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
-        self.booster = xgb.train(params, xgb.DMatrix(X_all, label=y_all, feature_names=list(FEATURES)), rounds)
+        self.model = xgb.train(params, xgb.DMatrix(X_all, label=y_all, feature_names=list(FEATURES)), rounds)
         return {"params": params, "num_boost_round": rounds, "epochs": rounds, "training_samples": len(y_all)}
 
-    def save(self, directory: Path) -> list[Path]:
-        path = Path(directory) / self.model_file
-        self.booster.save_model(str(path))
-        return [path, self.preprocessor.save(directory)]
+    def _save_model(self, path: Path) -> None:
+        self.model.save_model(str(path))
 
     @classmethod
     def load(cls, directory: Path, threads: int | None = None) -> "XGBoostRuntime":
@@ -65,7 +59,7 @@ class XGBoostRuntime:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self.preprocessor.transform(X)
-        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64).reshape(len(X), N_CLASSES)
+        return np.asarray(self.model.inplace_predict(X), dtype=np.float64).reshape(len(X), N_CLASSES)
 
 
 RUNTIME = XGBoostRuntime
