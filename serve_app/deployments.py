@@ -16,6 +16,7 @@ from registry.versions import check_version, is_version
 from .config import BatchSettings, ModelSettings, RegistrySettings
 from .errors import BadRequest
 from .loading import LoadedModel, load_version
+from .metrics import ModelMetrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -25,6 +26,7 @@ class ModelServer:
 
     def __init__(self, model_name: str, settings: dict, registry: dict):
         self.model_name = model_name
+        self.metrics = ModelMetrics(model_name)
         self.settings = ModelSettings(**settings)
         self.registry = RegistrySettings(**registry).config().open()
         async def load(version: str) -> LoadedModel:  # a plain function: Serve keeps its LRU state on it
@@ -39,7 +41,7 @@ class ModelServer:
         for ref in [self.settings.default_version, *self.settings.preload]:
             version = self._resolve(ref)
             self.pinned[version] = load_version(self.registry, model_name, version, self.settings.threads)
-        self.load_times = {v: m.load_time_s for v, m in self.pinned.items()}
+            self.metrics.loaded(version, self.pinned[version].load_time_s, len(self.pinned))
         logger.info("%s ready with versions %s", model_name, sorted(self.pinned))
 
     def _resolve(self, ref: str) -> str:
@@ -49,7 +51,7 @@ class ModelServer:
         if version in self.pinned:
             return self.pinned[version]
         model = load_version(self.registry, self.model_name, version, self.settings.threads)
-        self.load_times[version] = model.load_time_s
+        self.metrics.loaded(version, model.load_time_s, len(self.loaded_versions()) + 1)
         return model
 
     def reconfigure(self, user_config: dict) -> None:
@@ -62,21 +64,28 @@ class ModelServer:
         if self.default_version not in self.pinned:
             raise RuntimeError(f"{self.model_name} {self.default_version} is not loaded")
 
-    async def predict(self, version: str, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, version: str, rows: np.ndarray, request_id: str = "") -> np.ndarray:
         """Probabilities [n, 3] for rows [n, 36] from a concrete version."""
         if not is_version(version):
             raise BadRequest(f"model version must be concrete, got {version!r}")
+        self.metrics.cache(hit=version in self.loaded_versions())
         model = await self.get_model(version)  # loads (or fails) for this request alone
         if len(rows) >= self.max_batch_size:  # already a batch of its own
+            logger.info("batch", extra={"model": self.model_name, "version": version, "rows": len(rows),
+                                        "request_ids": [request_id]})
             return model.runtime.predict_proba(rows)
-        return await self.predict_batch((version, rows))
+        return await self.predict_batch((version, rows, request_id))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=lambda items: sum(len(r) for _, r in items))
-    async def predict_batch(self, items: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002,
+                 batch_size_fn=lambda items: sum(len(item[1]) for item in items))
+    async def predict_batch(self, items: list[tuple[str, np.ndarray, str]]) -> list[np.ndarray]:
         # Serve splits batches by multiplexed model id; group anyway so direct calls stay correct.
         results: list[np.ndarray | None] = [None] * len(items)
-        for version in {v for v, _ in items}:
-            indices = [i for i, (v, _) in enumerate(items) if v == version]
+        for version in {item[0] for item in items}:
+            indices = [i for i, item in enumerate(items) if item[0] == version]
+            logger.info("batch", extra={"model": self.model_name, "version": version,
+                                        "rows": sum(len(items[i][1]) for i in indices),
+                                        "request_ids": [items[i][2] for i in indices]})
             model = await self.get_model(version)
             stacked = np.concatenate([items[i][1] for i in indices])
             probabilities = model.runtime.predict_proba(stacked)

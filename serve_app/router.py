@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
@@ -31,6 +32,7 @@ from .aliases import AliasResolver
 from .breaker import CircuitBreaker
 from .config import AppArgs, RouterSettings
 from .ensemble import soft_vote
+from .metrics import RouterMetrics
 from .errors import BadRequest, ModelUnavailable, NotFoundError, ServingError
 from .schemas import (BatchItem, BatchPredictRequest, BatchPredictResponse, EnsembleInfo, ErrorResponse,
                       HealthResponse, ModelAnswer, PredictRequest, PredictResponse)
@@ -112,6 +114,22 @@ class BreakerOpen(ServingError):
     status_code = 503
 
 
+def _metrics_url() -> str | None:
+    """Where this node's Ray metrics agent exports Prometheus text."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback/cluster address
+        return response.read().decode()
+
+
 def _request_id() -> str:
     try:
         request_id = serve.context._get_serve_request_context().request_id
@@ -183,6 +201,13 @@ class Router:
         self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
         self.breakers = {name: self._breaker() for name in models}
         self._metadata: dict[tuple[str, str], dict] = {}
+        self.metrics = RouterMetrics(list(models))
+        for name, settings in self.args.models.items():
+            try:
+                self.metrics.zero_model(name, self.registry.resolve(name, settings.default_version))
+            except Exception:  # noqa: BLE001 - the series appears with the first answer instead
+                pass
+        self.metrics_url = _metrics_url()
 
     def _breaker(self) -> CircuitBreaker:
         return CircuitBreaker(self.settings.breaker.failure_threshold, self.settings.breaker.cooldown_s)
@@ -197,13 +222,25 @@ class Router:
 
     # ---- calling models -------------------------------------------------------------------
     async def _call(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+        try:
+            result = await self._call_once_more_on_death(name, version, rows)
+        except Exception:
+            self.metrics.failed(name, version, len(rows))
+            raise
+        finally:
+            self.metrics.breaker_state(name, self.breakers[name].state.value)
+        self.metrics.answered(name, version, [LABELS[i] for i in result.argmax(axis=1)])
+        return result
+
+    async def _call_once_more_on_death(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
         breaker = self.breakers[name]
         if not breaker.allow():
             raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
         handle = self.models[name].options(multiplexed_model_id=version)
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(handle.predict.remote(version, rows), self.settings.model_timeout_s)
+                result = await asyncio.wait_for(handle.predict.remote(version, rows, _request_id()),
+                                                self.settings.model_timeout_s)
             except ServingError as e:  # this request's own problem (unknown or unloadable version)
                 cause = getattr(e, "cause", None)  # Ray wraps replica exceptions in RayTaskError
                 raise (cause if isinstance(cause, ServingError) else e) from None
@@ -220,6 +257,25 @@ class Router:
             breaker.record_success()
             return result
         raise AssertionError("unreachable")
+
+    async def _serve(self, route: str, model: str, version_ref: str, rows: np.ndarray, all_models: bool = False):
+        """_predict, timed, counted and logged: one structured log line per request."""
+        started, status, served = time.perf_counter(), 200, (model, version_ref)
+        try:
+            result = await self._predict(model, version_ref, rows, all_models)
+            served = result[1], result[2]
+            return result
+        except ServingError as e:
+            status = e.status_code
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if status == 200:
+                self.metrics.observe_latency(served[0], served[1], seconds)
+            self.metrics.request(route, status)
+            logger.info("request", extra={"route": route, "model": served[0], "version": served[1],
+                                          "variant": "primary", "rows": len(rows), "status": status,
+                                          "latency_ms": round(seconds * 1000, 3)})
 
     async def _metadata_of(self, name: str, version: str) -> dict:
         key = (name, version)
@@ -302,8 +358,8 @@ class Router:
 
     async def _predict_one(self, request: PredictRequest) -> PredictResponse:
         started = time.perf_counter()
-        probabilities, model, version, info, others = await self._predict(
-            request.model, request.version, request.matrix(), request.return_all_models)
+        probabilities, model, version, info, others = await self._serve(
+            "predict", request.model, request.version, request.matrix(), request.return_all_models)
         answer = _answers(probabilities, request.return_probabilities)[0]
         return PredictResponse(
             request_id=_request_id(), prediction=answer.prediction, probabilities=answer.probabilities,
@@ -322,8 +378,8 @@ class Router:
 
     async def _predict_many(self, request: BatchPredictRequest) -> BatchPredictResponse:
         started = time.perf_counter()
-        probabilities, model, version, info, others = await self._predict(
-            request.model, request.version, request.matrix(), request.return_all_models)
+        probabilities, model, version, info, others = await self._serve(
+            "predict_batch", request.model, request.version, request.matrix(), request.return_all_models)
         return BatchPredictResponse(
             request_id=_request_id(), predictions=_answers(probabilities, request.return_probabilities),
             model=model, version=version, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
@@ -388,6 +444,17 @@ class Router:
         body = HealthResponse(status=status, timestamp=dt.datetime.now(dt.timezone.utc).isoformat(),
                               models_loaded=loaded, cache_size=sum(map(len, loaded.values())), breakers=breakers)
         return JSONResponse(body.model_dump(), status_code=200 if status != "unhealthy" else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(self):
+        """The Prometheus text of the node serving this request (clusters scrape every node)."""
+        if not self.metrics_url:
+            return _error(503, "this node's metrics export address is unknown")
+        try:
+            text = await asyncio.to_thread(_fetch, self.metrics_url)
+        except OSError as e:
+            return _error(503, f"the node's metrics agent did not answer: {e}")
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self):
@@ -456,7 +523,7 @@ class Router:
         try:
             rows = v2.decode(request, self.settings.max_batch_rows)
             outputs = v2.requested_outputs(request)
-            probabilities, model, served, _, _ = await self._predict(name, version or "stable", rows, False)
+            probabilities, model, served, _, _ = await self._serve("v2_infer", name, version or "stable", rows)
         except v2.V2Error as e:
             return _error(400, str(e))
         except BreakerOpen as e:

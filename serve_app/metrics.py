@@ -1,0 +1,82 @@
+"""Prometheus metrics through Ray Serve's metrics API, so every replica on every node is exported
+by its node's metrics agent (Ray prefixes each name with `ray_`). Event counters are created at
+zero when a replica starts, so every series a dashboard uses exists in the first scrape."""
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from runtimes.schema import LABELS
+
+# Milliseconds to seconds: a prediction takes 1-50 ms here, an overloaded one seconds.
+LATENCY_BUCKETS = [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                   0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _zero(counter: Counter, tags: dict[str, str]) -> None:
+    # Counter.inc refuses 0; recording 0 creates the series without counting an event.
+    counter._record(0.0, tags=tags)
+
+
+class RouterMetrics:
+    def __init__(self, models: list[str]):
+        self.predictions = Counter("predictions_total", "Model answers, one per row and model",
+                                   tag_keys=("model", "version", "variant", "status", "class"))
+        self.latency = Histogram("prediction_latency_seconds", "Router-side latency of a prediction request",
+                                 boundaries=LATENCY_BUCKETS, tag_keys=("model", "version"))
+        self.breaker = Gauge("circuit_breaker_state", "0 closed, 1 half-open, 2 open", tag_keys=("model",))
+        self.rollbacks = Counter("rollbacks_total", "Automatic or manual experiment rollbacks",
+                                 tag_keys=("model", "reason"))
+        self.shadow_dropped = Counter("shadow_dropped_total", "Shadow copies dropped because the queue was full",
+                                      tag_keys=("model",))
+        self.requests = Counter("http_requests_total", "Requests by route and status code",
+                                tag_keys=("route", "code"))
+        for model in models:
+            self.breaker.set(0, tags={"model": model})
+            _zero(self.rollbacks, {"model": model, "reason": "none"})
+            _zero(self.shadow_dropped, {"model": model})
+
+    def zero_model(self, model: str, version: str) -> None:
+        for label in LABELS:
+            for status in ("ok", "error"):
+                _zero(self.predictions, {"model": model, "version": version, "variant": "primary",
+                                         "status": status, "class": label if status == "ok" else "none"})
+
+    def answered(self, model: str, version: str, predicted: list[str], variant: str = "primary") -> None:
+        for label, count in Tally(predicted).items():
+            self.predictions.inc(count, tags={"model": model, "version": version, "variant": variant,
+                                              "status": "ok", "class": label})
+
+    def failed(self, model: str, version: str, rows: int, variant: str = "primary") -> None:
+        self.predictions.inc(rows, tags={"model": model, "version": version, "variant": variant,
+                                         "status": "error", "class": "none"})
+
+    def observe_latency(self, model: str, version: str, seconds: float) -> None:
+        self.latency.observe(seconds, tags={"model": model, "version": version})
+
+    def breaker_state(self, model: str, state: str) -> None:
+        self.breaker.set(BREAKER_STATES[state], tags={"model": model})
+
+    def request(self, route: str, code: int) -> None:
+        self.requests.inc(tags={"route": route, "code": str(code)})
+
+
+class ModelMetrics:
+    def __init__(self, model: str):
+        self.model = model
+        self.load_time = Gauge("model_load_time_seconds", "Time to pull, verify, load and warm a version",
+                               tag_keys=("model", "version"))
+        self.active = Gauge("active_models_count", "Versions loaded in this replica", tag_keys=("model",))
+        self.hits = Counter("cache_hits_total", "Requests served by an already loaded version", tag_keys=("model",))
+        self.misses = Counter("cache_misses_total", "Requests that had to load their version", tag_keys=("model",))
+        _zero(self.hits, {"model": model})
+        _zero(self.misses, {"model": model})
+
+    def loaded(self, version: str, seconds: float, active: int) -> None:
+        self.load_time.set(seconds, tags={"model": self.model, "version": version})
+        self.active.set(active, tags={"model": self.model})
+
+    def cache(self, hit: bool) -> None:
+        (self.hits if hit else self.misses).inc(tags={"model": self.model})
