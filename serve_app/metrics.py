@@ -3,6 +3,8 @@ by its node's metrics agent (Ray prefixes each name with `ray_`). Event counters
 zero when a replica starts, so every series a dashboard uses exists in the first scrape."""
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter as Tally
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -20,8 +22,33 @@ def _zero(counter: Counter, tags: dict[str, str]) -> None:
     counter._record(0.0, tags=tags)
 
 
+class HeldGauges:
+    """Gauges whose last value is re-recorded every second. Ray's metrics agent forgets a gauge
+    series that no export refreshed within two export intervals, and a value set once (a load
+    time, a closed breaker) would otherwise vanish from scrapes."""
+
+    def __init__(self, period_s: float = 1.0):
+        self._values: dict[tuple[int, tuple], tuple[Gauge, dict, float]] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._refresh, args=(period_s,), name="held-gauges", daemon=True).start()
+
+    def set(self, gauge: Gauge, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self._values[(id(gauge), tuple(sorted(tags.items())))] = (gauge, tags, value)
+        gauge.set(value, tags=tags)
+
+    def _refresh(self, period_s: float) -> None:
+        while True:
+            time.sleep(period_s)
+            with self._lock:
+                held = list(self._values.values())
+            for gauge, tags, value in held:
+                gauge.set(value, tags=tags)
+
+
 class RouterMetrics:
     def __init__(self, models: list[str]):
+        self.gauges = HeldGauges()
         self.predictions = Counter("predictions_total", "Model answers, one per row and model",
                                    tag_keys=("model", "version", "variant", "status", "class"))
         self.latency = Histogram("prediction_latency_seconds", "Router-side latency of a prediction request",
@@ -34,7 +61,7 @@ class RouterMetrics:
         self.requests = Counter("http_requests_total", "Requests by route and status code",
                                 tag_keys=("route", "code"))
         for model in models:
-            self.breaker.set(0, tags={"model": model})
+            self.gauges.set(self.breaker, 0, {"model": model})
             _zero(self.rollbacks, {"model": model, "reason": "none"})
             _zero(self.shadow_dropped, {"model": model})
 
@@ -57,7 +84,7 @@ class RouterMetrics:
         self.latency.observe(seconds, tags={"model": model, "version": version})
 
     def breaker_state(self, model: str, state: str) -> None:
-        self.breaker.set(BREAKER_STATES[state], tags={"model": model})
+        self.gauges.set(self.breaker, BREAKER_STATES[state], {"model": model})
 
     def request(self, route: str, code: int) -> None:
         self.requests.inc(tags={"route": route, "code": str(code)})
@@ -66,6 +93,7 @@ class RouterMetrics:
 class ModelMetrics:
     def __init__(self, model: str):
         self.model = model
+        self.gauges = HeldGauges()
         self.load_time = Gauge("model_load_time_seconds", "Time to pull, verify, load and warm a version",
                                tag_keys=("model", "version"))
         self.active = Gauge("active_models_count", "Versions loaded in this replica", tag_keys=("model",))
@@ -75,8 +103,8 @@ class ModelMetrics:
         _zero(self.misses, {"model": model})
 
     def loaded(self, version: str, seconds: float, active: int) -> None:
-        self.load_time.set(seconds, tags={"model": self.model, "version": version})
-        self.active.set(active, tags={"model": self.model})
+        self.gauges.set(self.load_time, seconds, {"model": self.model, "version": version})
+        self.gauges.set(self.active, active, {"model": self.model})
 
     def cache(self, hit: bool) -> None:
         (self.hits if hit else self.misses).inc(tags={"model": self.model})

@@ -273,7 +273,7 @@ class Router:
             if status == 200:
                 self.metrics.observe_latency(served[0], served[1], seconds)
             self.metrics.request(route, status)
-            logger.info("request", extra={"route": route, "model": served[0], "version": served[1],
+            logger.info("request", extra={"endpoint": route, "model": served[0], "version": served[1],
                                           "variant": "primary", "rows": len(rows), "status": status,
                                           "latency_ms": round(seconds * 1000, 3)})
 

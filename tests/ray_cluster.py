@@ -28,7 +28,9 @@ SERVE_URL = "http://127.0.0.1:8000"
 
 def ray_env() -> dict[str, str]:
     # A local test cluster: token authentication off, as for every `ray start`, `serve` and client.
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Metrics exported every 2 s instead of every 10 s, so metric tests wait less.
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_metrics_report_interval_ms": "2000"}
 
 
 def test_config(registry_uri: str, cache_dir: str, **router_overrides) -> dict:

@@ -31,13 +31,14 @@ def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
         os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
 
-    ensemble, alone, deadline = [], [], time.monotonic() + 120
+    ensemble, alone, health, deadline = [], [], [], time.monotonic() + 120
     recovered = False
     while time.monotonic() < deadline and not recovered:
         response = requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=60)
         ensemble.append((response.status_code, response.json()))
         lone = requests.post(PREDICT, json={"features": row, "model": "keras_cnn"}, timeout=60)
         alone.append((lone.status_code, lone.headers.get("Retry-After"), lone.json()))
+        health.append(requests.get(f"{SERVE_URL}/api/v1/health", timeout=30).json()["status"])
         recovered = len(ensemble) > 1 and not ensemble[-1][1]["ensemble"]["degraded"] and lone.status_code == 200
         time.sleep(0.2)
 
@@ -48,11 +49,12 @@ def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
     refused = [(retry, body) for status, retry, body in alone if status == 503]
     assert refused and all(retry and int(retry) >= 1 and "keras_cnn" in body["error"] for retry, body in refused)
     assert all(status in (200, 503) for status, _, _ in alone)
+    assert "degraded" in health and "unhealthy" not in health, health
     assert recovered, "keras_cnn did not come back within 120 s"
     print(f"\nkeras_cnn killed: {len(ensemble)} ensemble requests, all answered, {len(degraded)} degraded; "
           f"{len(refused)} lone requests refused with 503; recovered after {time.monotonic() - killed_at:.1f} s")
-    health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()
-    assert health["status"] == "healthy", health
+    final = requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()
+    assert final["status"] == "healthy", final
 
 
 def test_a_replica_killed_under_load_fails_no_request(serve_app):
