@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checksums
+from . import checksums, signing
 from .errors import AliasConflict, IntegrityError, InvalidName, NotFound, RegistryError, VersionExists
 from .metadata import ModelMetadata
 from .stores import ObjectStore, PreconditionFailed
@@ -30,7 +30,7 @@ from .versions import check_alias, check_model_name, check_version, is_version, 
 METADATA = "metadata.json"
 CLAIM = ".claim"
 ARCHIVED = "ARCHIVED"
-_NOT_ARTIFACTS = {checksums.MANIFEST, CLAIM, ARCHIVED}
+_NOT_ARTIFACTS = {checksums.MANIFEST, CLAIM, ARCHIVED, signing.SIGNATURE}
 
 
 def _now() -> str:
@@ -61,8 +61,12 @@ class ModelSummary:
 
 
 class ModelRegistry:
-    def __init__(self, store: ObjectStore, cache_dir: Path | str):
+    def __init__(self, store: ObjectStore, cache_dir: Path | str, signing_key=None, verify_key=None):
+        """`signing_key` (Ed25519 private key) signs what this registry publishes; with
+        `verify_key` (the public key) every read refuses unsigned or wrongly signed versions."""
         self.store = store
+        self.signing_key = signing_key
+        self.verify_key = verify_key
         # One cache subtree per store, so two registries never share a cached version.
         self.cache_dir = Path(cache_dir).expanduser() / hashlib.sha256(store.description.encode()).hexdigest()[:12]
 
@@ -110,9 +114,19 @@ class ModelRegistry:
         return version
 
     def manifest(self, name: str, version: str) -> dict[str, str]:
+        """The version's checksums; its signature verified first when a verification key is set."""
         version = self._require_version(name, version)
         prefix = self._version_prefix(name, version)
-        return checksums.parse(self.store.get(f"{prefix}/{checksums.MANIFEST}"), prefix)
+        manifest = self.store.get(f"{prefix}/{checksums.MANIFEST}")
+        if self.verify_key is not None:
+            signing.verify(manifest, self.signature(name, version), self.verify_key, f"{name} {version}")
+        return checksums.parse(manifest, prefix)
+
+    def signature(self, name: str, version: str) -> bytes | None:
+        try:
+            return self.store.get(f"{self._version_prefix(name, version)}/{signing.SIGNATURE}")
+        except NotFound:
+            return None
 
     def metadata(self, name: str, version: str) -> ModelMetadata:
         """The version's metadata, verified against its manifest."""
@@ -161,12 +175,13 @@ class ModelRegistry:
         return self._require_version(name, self.get_alias(name, ref).version)
 
     # ---- writing --------------------------------------------------------------------------
-    def publish(self, name: str, version: str, source: Path | str) -> ModelMetadata:
+    def publish(self, name: str, version: str, source: Path | str, signature: bytes | None = None) -> ModelMetadata:
         """Publish the files of `source` as name/version.
 
         The claim is a create-only write decided by the store, so of two publishers of one
         version exactly one proceeds and the other is refused before it writes anything. The
-        manifest goes last: readers never see a partial version.
+        signature (made with `signing_key`, or an existing one passed in when copying a version)
+        goes before the manifest, and the manifest goes last: readers never see a partial version.
         """
         version = check_version(version)
         prefix = self._version_prefix(name, version)
@@ -181,7 +196,12 @@ class ModelRegistry:
             raise VersionExists(f"version {version} of {name!r} already exists (or is being published)") from None
         for file_name, data in files.items():
             self.store.put(f"{prefix}/{file_name}", data)
-        self.store.put(f"{prefix}/{checksums.MANIFEST}", checksums.render(files))
+        manifest = checksums.render(files)
+        if self.signing_key is not None:
+            signature = signing.sign(manifest, self.signing_key)
+        if signature is not None:
+            self.store.put(f"{prefix}/{signing.SIGNATURE}", signature)
+        self.store.put(f"{prefix}/{checksums.MANIFEST}", manifest)
         return metadata
 
     @staticmethod

@@ -18,9 +18,12 @@ class RegistrySettings(_Strict):
     uri: str | None = Field(None, description="directory, file:// or s3:// URI; default ~/.kepler-serve/registry")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL")
     cache_dir: str | None = None
+    verify_key: str | None = Field(None, description="Ed25519 public key (PEM path or text); when set, "
+                                                     "unsigned or wrongly signed versions are refused")
 
     def config(self) -> RegistryConfig:
-        return RegistryConfig.from_env(uri=self.uri, endpoint_url=self.endpoint_url, cache_dir=self.cache_dir)
+        return RegistryConfig.from_env(uri=self.uri, endpoint_url=self.endpoint_url, cache_dir=self.cache_dir,
+                                       verify_key=self.verify_key)
 
 
 def _check_ref(ref: str) -> str:

@@ -131,8 +131,8 @@ def cmd_push(registry: ModelRegistry, args) -> None:
             if target.exists(name, version):
                 print(f"{name} {version}: already in {target.store.description}")
             else:
-                try:
-                    target.publish(name, version, registry.pull(name, version))
+                try:  # the signature covers the manifest, which is identical on both sides
+                    target.publish(name, version, registry.pull(name, version), registry.signature(name, version))
                     print(f"{name} {version}: pushed")
                 except VersionExists:
                     print(f"{name} {version}: being published there by someone else, skipped")
@@ -146,11 +146,22 @@ def cmd_push(registry: ModelRegistry, args) -> None:
                 print(f"{name}: {alias} already set there ({target.get_alias(name, alias).version}), left as is")
 
 
+def cmd_keygen(registry: ModelRegistry | None, args) -> None:
+    from registry.signing import generate_keypair
+
+    generate_keypair(Path(args.private), Path(args.public))
+    print(f"private key: {args.private} (mode 600), public key: {args.public}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="kepler-registry", description="Inspect and manage the model registry.")
     root.add_argument("--registry", help="registry URI: a directory, file:///path or s3://bucket/prefix "
                                          "(default: $KEPLER_REGISTRY_URI or ~/.kepler-serve/registry)")
     root.add_argument("--endpoint-url", help="S3-compatible endpoint URL (default: $KEPLER_S3_ENDPOINT_URL)")
+    root.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign what is published "
+                                            "(default: $KEPLER_SIGNING_KEY)")
+    root.add_argument("--verify-key", help="Ed25519 public key (PEM): refuse unsigned or wrongly signed versions "
+                                           "(default: $KEPLER_VERIFY_KEY)")
     verbs = root.add_subparsers(dest="verb", required=True)
 
     def verb(name, handler, help_text, *arguments):
@@ -174,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     verb("archive", cmd_archive, "hide a version from listings (it stays readable)", name, version)
     verb("pull", cmd_pull, "download and verify a version into the local cache", name, ref,
          (("--dest",), {"help": "also copy it here"}))
+    verb("keygen", cmd_keygen, "make an Ed25519 key pair for signing versions",
+         (("private",), {"help": "where to write the private key (keep it with the publisher only)"}),
+         (("public",), {"help": "where to write the public key (give it to serving nodes)"}))
     verb("push", cmd_push, "copy versions and aliases to another registry", (("names",), {"nargs": "*"}),
          (("--to",), {"required": True, "help": "target registry URI"}),
          (("--to-endpoint-url",), {"help": "target's S3-compatible endpoint URL"}))
@@ -183,7 +197,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        registry = RegistryConfig.from_env(uri=args.registry, endpoint_url=args.endpoint_url).open()
+        registry = None if args.verb == "keygen" else RegistryConfig.from_env(
+            uri=args.registry, endpoint_url=args.endpoint_url, signing_key=args.signing_key,
+            verify_key=args.verify_key).open()
         args.handler(registry, args)
     except InvalidName as e:
         print(f"kepler-registry: {e}", file=sys.stderr)

@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kepler-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--registry", help="registry URI (directory, file://, s3://bucket/prefix)")
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint URL")
+    parser.add_argument("--signing-key", help="Ed25519 private key (PEM) signing each version (default: "
+                                              "$KEPLER_SIGNING_KEY)")
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
     parser.add_argument("--versions", default=",".join(VERSION_PLAN), help="comma-separated versions to train")
     parser.add_argument("--seed", type=int, default=0)
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(models: {', '.join(MODEL_NAMES)}; versions: {', '.join(VERSION_PLAN)})", file=sys.stderr)
         return 2
     try:
-        registry = RegistryConfig.from_env(uri=args.registry, endpoint_url=args.endpoint_url).open()
+        registry = RegistryConfig.from_env(uri=args.registry, endpoint_url=args.endpoint_url,
+                                           signing_key=args.signing_key).open()
         train_all(registry, models, versions, seed=args.seed, fast=args.fast)
     except RegistryError as e:
         print(f"kepler-train: {e}", file=sys.stderr)
