@@ -100,39 +100,46 @@ def any_registry(any_store, tmp_path) -> ModelRegistry:
 
 
 @pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory) -> ModelRegistry:
-    """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data, once."""
+def publisher_keys(tmp_path_factory) -> dict[str, Path]:
+    """The session's Ed25519 key pair: training signs with the private key, serving holds the public one."""
+    from registry.signing import generate_keypair
+
+    root = tmp_path_factory.mktemp("keys")
+    generate_keypair(root / "publisher.pem", root / "publisher.pub")
+    return {"private": root / "publisher.pem", "public": root / "publisher.pub"}
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
+    """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data and signed, once."""
+    from registry.signing import SIGNATURE, load_private_key, sign
     from training.train import train_all
 
     root = tmp_path_factory.mktemp("trained")
-    registry = ModelRegistry(LocalStore(root / "registry"), root / "cache")
+    key = load_private_key(publisher_keys["private"])
+    registry = ModelRegistry(LocalStore(root / "registry"), root / "cache", signing_key=key)
     reuse = os.environ.get("KEPLER_TEST_TRAINED_REGISTRY")  # a developer's shortcut; CI always trains
     if reuse:
         shutil.copytree(reuse, root / "registry")
+        for name in registry.models():
+            for version in registry.versions(name):
+                manifest = registry.store.get(f"models/{name}/v{version}/checksum.sha256")
+                registry.store.put(f"models/{name}/v{version}/{SIGNATURE}", sign(manifest, key))
     else:
         train_all(registry)
     return registry
 
 
-@pytest.fixture
-def version_dir(trained_registry, tmp_path) -> Path:
-    """A publishable copy of xgboost 1.1.0's files (its manifest left out)."""
-    source = trained_registry.pull("xgboost", "1.1.0")
-    target = tmp_path / "xgboost-1.1.0"
-    shutil.copytree(source, target)
-    (target / "checksum.sha256").unlink()
-    return target
-
-
 @pytest.fixture(scope="session")
-def serve_app(trained_registry, tmp_path_factory):
+def serve_app(trained_registry, publisher_keys, tmp_path_factory):
     """One real Ray node running the Serve application from serve_config.yaml, for the session."""
     from .ray_cluster import RayNode, test_config
 
     node = RayNode()
     node.start()
     try:
-        config = test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")))
+        config = test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")),
+                             verify_key=str(publisher_keys["public"]))
         node.deploy(config)
         node.wait_healthy()
         node.config = config

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from runtimes.schema import input_schema, output_schema
@@ -23,3 +24,13 @@ def make_version_dir(root: Path, name: str, version: str, payload: bytes = b"mod
     }
     (directory / "metadata.json").write_text(json.dumps(metadata))
     return directory
+
+
+def publish_copy(registry, name: str, source_version: str, new_version: str, tmp_path: Path) -> None:
+    """Publish a copy of an existing version's files under a new version number."""
+    target = tmp_path / f"{name}-{new_version}"
+    shutil.copytree(registry.pull(name, source_version), target)
+    (target / "checksum.sha256").unlink()
+    metadata = json.loads((target / "metadata.json").read_text())
+    (target / "metadata.json").write_text(json.dumps({**metadata, "version": new_version}))
+    registry.publish(name, new_version, target)

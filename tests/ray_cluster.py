@@ -6,7 +6,6 @@ every Ray on the machine).
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -33,11 +32,11 @@ def ray_env() -> dict[str, str]:
             "RAY_metrics_report_interval_ms": "2000"}
 
 
-def test_config(registry_uri: str, cache_dir: str, **router_overrides) -> dict:
+def test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, **router_overrides) -> dict:
     """serve_config.yaml pointed at a test registry, with test-sized windows."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
-    app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir}
+    app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir, "verify_key": verify_key}
     for deployment in app["deployments"]:
         if deployment["name"] == "xgboost":  # two replicas: a dying one must not fail requests
             deployment["autoscaling_config"]["min_replicas"] = 2

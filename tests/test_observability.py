@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from .conftest import free_port, wait_for_port
+from .helpers import publish_copy
 from .ray_cluster import ROOT, SERVE_URL
 from .test_serving import as_json_row, held_out
 
@@ -57,15 +58,6 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 90) -
             return value
         time.sleep(0.5)
     return value
-
-
-def publish_copy(registry, name: str, source_version: str, new_version: str, tmp_path: Path) -> None:
-    target = tmp_path / f"{name}-{new_version}"
-    shutil.copytree(registry.pull(name, source_version), target)
-    (target / "checksum.sha256").unlink()
-    metadata = json.loads((target / "metadata.json").read_text())
-    (target / "metadata.json").write_text(json.dumps({**metadata, "version": new_version}))
-    registry.publish(name, new_version, target)
 
 
 def test_prometheus_counts_exactly_the_requests_sent(serve_app, prometheus, trained_registry, tmp_path):

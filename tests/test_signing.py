@@ -13,7 +13,7 @@ from registry import IntegrityError, ModelRegistry
 from registry import checksums, signing
 from registry.stores import LocalStore
 
-from .helpers import make_version_dir
+from .helpers import make_version_dir, publish_copy
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,23 @@ def test_cli_keygen_sign_and_verify(tmp_path):
     LocalStore(tmp_path / "r").delete("models/xgboost/v1.0.0/signature.ed25519")
     refused = cli(*registry, "--verify-key", str(tmp_path / "k.pub"), "pull", "xgboost", "1.0.0")
     assert refused.returncode == 1 and "not signed" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_serving_refuses_an_unsigned_version_and_keeps_serving(serve_app, trained_registry, tmp_path):
+    """The application is deployed with the publisher's public key: a version published without
+    the private key is refused with a clear error, and the signed versions keep serving."""
+    import requests
+
+    from .ray_cluster import SERVE_URL
+
+    unsigned = ModelRegistry(trained_registry.store, tmp_path / "cache")  # write access, no key
+    publish_copy(unsigned, "xgboost", "1.1.0", "9.2.0", tmp_path)
+    row = [1.0] * 36
+    try:
+        response = requests.post(f"{SERVE_URL}/api/v1/predict", timeout=60,
+                                 json={"features": row, "model": "xgboost", "version": "9.2.0"})
+        assert response.status_code == 503 and "not signed" in response.json()["error"], response.text
+        assert requests.post(f"{SERVE_URL}/api/v1/predict", json={"features": row, "model": "xgboost"},
+                             timeout=60).status_code == 200
+    finally:
+        trained_registry.archive("xgboost", "9.2.0")
