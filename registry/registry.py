@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checksums, signing
-from .errors import AliasConflict, IntegrityError, InvalidName, NotFound, RegistryError, VersionExists
+from .errors import (AliasConflict, IntegrityError, InvalidName, NotFound, RegistryError, RegistryUnavailable,
+                     VersionExists)
 from .metadata import ModelMetadata
 from .stores import ObjectStore, PreconditionFailed
 from .versions import check_alias, check_model_name, check_version, is_version, version_key
@@ -129,7 +130,14 @@ class ModelRegistry:
             return None
 
     def metadata(self, name: str, version: str) -> ModelMetadata:
-        """The version's metadata, verified against its manifest."""
+        """The version's metadata, verified against its manifest (from the cache if the store is down)."""
+        try:
+            return self._stored_metadata(name, version)
+        except RegistryUnavailable:
+            directory = self._cached_copy(name, check_version(version))
+            return ModelMetadata.model_validate_json((directory / METADATA).read_bytes())
+
+    def _stored_metadata(self, name: str, version: str) -> ModelMetadata:
         version = self._require_version(name, version)
         prefix = self._version_prefix(name, version)
         manifest = self.manifest(name, version)
@@ -172,7 +180,34 @@ class ModelRegistry:
             check_alias(ref)
         except InvalidName:
             raise InvalidName(f"invalid version or alias {ref!r}: expected e.g. 1.0.0, stable or latest") from None
-        return self._require_version(name, self.get_alias(name, ref).version)
+        try:
+            version = self._require_version(name, self.get_alias(name, ref).version)
+        except RegistryUnavailable:
+            known = self._known_aliases(name).get(ref)
+            if known is None:
+                raise
+            return known  # the store is down: the last answer it gave this machine
+        self._remember_alias(name, ref, version)
+        return version
+
+    def _aliases_file(self, name: str) -> Path:
+        return self.cache_dir / check_model_name(name) / "aliases.json"
+
+    def _known_aliases(self, name: str) -> dict[str, str]:
+        try:
+            return json.loads(self._aliases_file(name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember_alias(self, name: str, alias: str, version: str) -> None:
+        known = self._known_aliases(name)
+        if known.get(alias) == version:
+            return
+        path = self._aliases_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".aliases-{uuid.uuid4().hex}.json")
+        tmp.write_text(json.dumps({**known, alias: version}))
+        os.replace(tmp, path)
 
     # ---- writing --------------------------------------------------------------------------
     def publish(self, name: str, version: str, source: Path | str, signature: bytes | None = None) -> ModelMetadata:
@@ -268,7 +303,10 @@ class ModelRegistry:
         """
         version = check_version(version)
         final = self.cache_dir / name / version
-        manifest = self.manifest(name, version)
+        try:
+            manifest = self.manifest(name, version)
+        except RegistryUnavailable:
+            return self._cached_copy(name, version)  # the store is down: a verified cached copy will do
         if final.is_dir():
             if _matches(final, manifest):
                 return final
@@ -282,6 +320,9 @@ class ModelRegistry:
                 checksums.verify(file_name, data, expected, prefix)
                 (tmp / file_name).write_bytes(data)
             (tmp / checksums.MANIFEST).write_bytes(checksums.render_from(manifest))
+            signature = self.signature(name, version) if self.verify_key is not None else None
+            if signature is not None:
+                (tmp / signing.SIGNATURE).write_bytes(signature)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -289,6 +330,21 @@ class ModelRegistry:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _cached_copy(self, name: str, version: str) -> Path:
+        """The cached copy of a version, verified against its own cached manifest (and signature,
+        when a verification key is set), for when the store cannot be reached."""
+        final = self.cache_dir / name / version
+        if not (final / checksums.MANIFEST).is_file():
+            raise RegistryUnavailable(f"{name} {version} is not in the local cache and the registry "
+                                      f"({self.store.description}) cannot be reached")
+        manifest_bytes = (final / checksums.MANIFEST).read_bytes()
+        if self.verify_key is not None:
+            signature_path = final / signing.SIGNATURE
+            signature = signature_path.read_bytes() if signature_path.is_file() else None
+            signing.verify(manifest_bytes, signature, self.verify_key, f"cached {name} {version}")
+        verify_directory(final)
         return final
 
     def read_file(self, name: str, version: str, file_name: str) -> bytes:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from registry import ModelRegistry, RegistryError
+from registry import ModelRegistry, RegistryError, checksums
 from registry.errors import NotFound
 from runtimes import N_FEATURES, Runtime, load
 
@@ -26,7 +26,7 @@ def load_version(registry: ModelRegistry, name: str, version: str, threads: int)
     started = time.perf_counter()
     try:
         directory = registry.pull(name, version)
-        manifest = registry.manifest(name, version)
+        manifest = checksums.parse((directory / checksums.MANIFEST).read_bytes(), str(directory))
     except NotFound as e:
         raise NotFoundError(str(e)) from None
     except RegistryError as e:

@@ -17,6 +17,13 @@ from registry import ModelRegistry, S3Store
 from registry.stores import LocalStore
 
 BIN = Path(sys.executable).parent
+RUNNING: dict = {}  # session-wide Ray instances, so a multi-node cluster can stop the single node first
+
+
+def pytest_collection_modifyitems(config, items):
+    """Multi-node cluster tests run last: they stop the shared single-node application (one Ray
+    instance on the machine at a time, since every Serve proxy binds port 8000)."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
 
 
 def free_port() -> int:
@@ -133,16 +140,16 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
 @pytest.fixture(scope="session")
 def serve_app(trained_registry, publisher_keys, tmp_path_factory):
     """One real Ray node running the Serve application from serve_config.yaml, for the session."""
-    from .ray_cluster import RayNode, test_config
+    from .ray_cluster import single_node, test_config
 
-    node = RayNode()
-    node.start()
+    node = single_node()
     try:
         config = test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")),
                              verify_key=str(publisher_keys["public"]))
         node.deploy(config)
-        node.wait_healthy()
+        node.wait_running()
         node.config = config
+        RUNNING["serve_app"] = node
         yield node
     finally:
         node.stop()

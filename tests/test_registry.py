@@ -258,3 +258,34 @@ def test_cli_push_local_to_s3_and_pull_back(tmp_path, moto_server):
     again = _cli("--registry", str(tmp_path / "r"), "push", "--to", f"s3://{bucket}/models-prod",
                  "--to-endpoint-url", moto_server.url)
     assert again.returncode == 0 and "already in" in again.stdout
+
+
+def test_store_outage_falls_back_to_the_verified_cache(moto_server, tmp_path):
+    from .conftest import free_port
+    from .tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(moto_server.port, free_port()).start()
+    try:
+        store = S3Store(moto_server.store().bucket, "registry", endpoint_url=f"http://127.0.0.1:{proxy.port}",
+                        connect_timeout=1)
+        registry = ModelRegistry(store, tmp_path / "cache")
+        for version in ("1.0.0", "1.1.0"):
+            registry.publish("xgboost", version, make_version_dir(tmp_path, "xgboost", version, version.encode()))
+        registry.set_alias("xgboost", "stable", "1.0.0")
+        assert registry.resolve("xgboost", "stable") == "1.0.0"
+        registry.pull("xgboost", "1.0.0")  # warm cache for 1.0.0 only
+        proxy.stop()
+        assert registry.resolve("xgboost", "stable") == "1.0.0"  # the last answer seen
+        assert (registry.pull("xgboost", "1.0.0") / "model.bin").read_bytes() == b"1.0.0"
+        assert registry.metadata("xgboost", "1.0.0").version == "1.0.0"
+        with pytest.raises(RegistryUnavailable, match="not in the local cache"):
+            registry.pull("xgboost", "1.1.0")
+        with pytest.raises(RegistryUnavailable):
+            registry.resolve("xgboost", "latest")  # never resolved here before
+        (registry.cache_dir / "xgboost" / "1.0.0" / "model.bin").write_bytes(b"tampered")
+        with pytest.raises(IntegrityError):
+            registry.pull("xgboost", "1.0.0")  # the cached copy is verified too
+        proxy.start()
+        assert (registry.pull("xgboost", "1.1.0") / "model.bin").read_bytes() == b"1.1.0"
+    finally:
+        proxy.stop()

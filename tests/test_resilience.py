@@ -17,8 +17,7 @@ PREDICT = f"{SERVE_URL}/api/v1/predict"
 
 
 def replica_pids(node, deployment: str) -> list[int]:
-    replicas = node.serve_status()["applications"]["kepler"]["deployments"][deployment]["replicas"]
-    return [r["pid"] for r in replicas if r["state"] == "RUNNING" and r.get("pid")]
+    return [r["pid"] for r in node.replicas(deployment) if r.get("pid")]
 
 
 def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
