@@ -95,12 +95,12 @@ class KeplerClient:
         return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
     def predict(self, features: Sequence[float | None] | dict[str, float | None], model: str = "auto",
-                version: str = "stable", return_all_models: bool = False) -> Prediction:
+                version: str | None = None, return_all_models: bool = False) -> Prediction:
         body = {"features": list(features) if not isinstance(features, dict) else features, "model": model,
                 "version": version, "return_all_models": return_all_models}
         return Prediction(**self._request("POST", "/api/v1/predict", body))
 
-    def predict_batch(self, instances: Sequence, model: str = "auto", version: str = "stable",
+    def predict_batch(self, instances: Sequence, model: str = "auto", version: str | None = None,
                       return_all_models: bool = False) -> BatchPrediction:
         body = {"instances": [dict(r) if isinstance(r, dict) else list(r) for r in instances], "model": model,
                 "version": version, "return_all_models": return_all_models}
@@ -109,8 +109,8 @@ class KeplerClient:
     def models(self) -> dict:
         return self._request("GET", "/api/v1/models")
 
-    def model_info(self, name: str, version: str = "stable") -> dict:
-        return self._request("GET", f"/api/v1/models/{name}/info?version={version}")
+    def model_info(self, name: str, version: str | None = None) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/info" + (f"?version={version}" if version else ""))
 
     def health(self) -> dict:
         return self._request("GET", "/api/v1/health")

@@ -258,9 +258,9 @@ class Router:
             return result
         raise AssertionError("unreachable")
 
-    async def _serve(self, route: str, model: str, version_ref: str, rows: np.ndarray, all_models: bool = False):
+    async def _serve(self, route: str, model: str, version_ref: str | None, rows: np.ndarray, all_models: bool = False):
         """_predict, timed, counted and logged: one structured log line per request."""
-        started, status, served = time.perf_counter(), 200, (model, version_ref)
+        started, status, served = time.perf_counter(), 200, (model, version_ref or "default")
         try:
             result = await self._predict(model, version_ref, rows, all_models)
             served = result[1], result[2]
@@ -284,29 +284,33 @@ class Router:
             self._metadata[key] = metadata.model_dump()
         return self._metadata[key]
 
-    async def _auto(self, version_ref: str) -> str:
+    async def _resolve(self, name: str, version_ref: str | None) -> str:
+        """A request's version or alias, or else the model's configured default, as a concrete version."""
+        return await self.aliases.resolve(name, version_ref or self.args.models[name].default_version)
+
+    async def _auto(self, version_ref: str | None) -> str:
         """The model whose served version has the best registry ROC-AUC."""
         best, best_auc = None, -1.0
         for name in self.models:
             if self.breakers[name].state.value == "open":
                 continue
             try:
-                version = await self.aliases.resolve(name, version_ref)
+                version = await self._resolve(name, version_ref)
                 auc = (await self._metadata_of(name, version))["performance"]["roc_auc"]
             except ServingError:
                 continue
             if auc > best_auc:
                 best, best_auc = name, auc
         if best is None:
-            raise ModelUnavailable(f"no model can serve version {version_ref!r}")
+            raise ModelUnavailable(f"no model can serve version {version_ref or 'default'!r}")
         return best
 
-    async def _ensemble(self, version_ref: str, rows: np.ndarray):
+    async def _ensemble(self, version_ref: str | None, rows: np.ndarray):
         weights = self.settings.ensemble_weights
         members = [m for m in self.models if weights.get(m, 0) > 0]
         versions = {}
         for name in members:
-            versions[name] = await self.aliases.resolve(name, version_ref)
+            versions[name] = await self._resolve(name, version_ref)
         results = await asyncio.gather(*(self._call(n, versions[n], rows) for n in members), return_exceptions=True)
         answers, skipped = {}, {}
         for name, result in zip(members, results):
@@ -318,10 +322,10 @@ class Router:
             raise ModelUnavailable("every ensemble member failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
                             degraded=bool(skipped), skipped=skipped)
-        version = versions[members[0]] if len(set(versions.values())) == 1 else version_ref
+        version = versions[members[0]] if len(set(versions.values())) == 1 else (version_ref or "mixed")
         return soft_vote(answers, weights), version, info, answers, versions
 
-    async def _predict(self, model: str, version_ref: str, rows: np.ndarray, all_models: bool):
+    async def _predict(self, model: str, version_ref: str | None, rows: np.ndarray, all_models: bool):
         """(probabilities, model, version, ensemble info, {model: (version, probabilities)})."""
         if model == "ensemble" or all_models:
             probabilities, version, info, answers, versions = await self._ensemble(version_ref, rows)
@@ -334,7 +338,7 @@ class Router:
                 return answers[model], model, versions[model], None, others
         elif model == "auto":
             model = await self._auto(version_ref)
-        version = await self.aliases.resolve(model, version_ref)
+        version = await self._resolve(model, version_ref)
         probabilities = await self._call(model, version, rows)
         return probabilities, model, version, None, {}
 
@@ -411,13 +415,13 @@ class Router:
             raise ModelUnavailable(f"registry unavailable: {e}") from None
 
     @app.get("/api/v1/models/{name}/info", responses=_ERRORS)
-    async def model_info(self, name: str, version: str = "stable"):
+    async def model_info(self, name: str, version: str | None = None):
         """The served version's metadata: features, metrics, aliases, checksums, load time."""
         if name not in self.models:
             return _error(404, f"unknown model {name!r}: expected one of {', '.join(self.models)}")
 
         async def info():
-            resolved = await self.aliases.resolve(name, version)
+            resolved = await self._resolve(name, version)
             metadata = await self._metadata_of(name, resolved)
             handle = self.models[name].options(multiplexed_model_id=resolved)
             loaded = await handle.describe.remote(resolved)
@@ -523,7 +527,7 @@ class Router:
         try:
             rows = v2.decode(request, self.settings.max_batch_rows)
             outputs = v2.requested_outputs(request)
-            probabilities, model, served, _, _ = await self._serve("v2_infer", name, version or "stable", rows)
+            probabilities, model, served, _, _ = await self._serve("v2_infer", name, version, rows)
         except v2.V2Error as e:
             return _error(400, str(e))
         except BreakerOpen as e:

@@ -23,14 +23,15 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: ModelChoice = Field("auto", description="'auto' (best registry ROC-AUC), a model name, or 'ensemble'")
-    version: str = Field("stable", description="a semantic version or an alias (stable, latest)")
+    version: str | None = Field(None, description="a semantic version or an alias (stable, latest); default: "
+                                                  "each model's configured default_version (stable)")
     return_all_models: bool = Field(False, description="also return every model's answer side by side")
     return_probabilities: bool = True
 
     @field_validator("version")
     @classmethod
-    def _version(cls, version: str) -> str:
-        if is_version(version):
+    def _version(cls, version: str | None) -> str | None:
+        if version is None or is_version(version):
             return version
         check_alias(version)  # InvalidName is a ValueError: a 422 naming the field
         return version

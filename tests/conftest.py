@@ -140,11 +140,11 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
 @pytest.fixture(scope="session")
 def serve_app(trained_registry, publisher_keys, tmp_path_factory):
     """One real Ray node running the Serve application from serve_config.yaml, for the session."""
-    from .ray_cluster import single_node, test_config
+    from .ray_cluster import single_node, serve_test_config
 
     node = single_node()
     try:
-        config = test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")),
+        config = serve_test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")),
                              verify_key=str(publisher_keys["public"]))
         node.deploy(config)
         node.wait_running()

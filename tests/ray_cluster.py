@@ -18,7 +18,7 @@ SERVE_URL = local_cluster.SERVE_URL
 TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
 
 
-def test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, **router_overrides) -> dict:
+def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, **router_overrides) -> dict:
     """serve_config.yaml pointed at a test registry, with test-sized windows."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]

@@ -5,6 +5,8 @@ all under steady load from a loopback client."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -12,37 +14,65 @@ from collections import Counter
 import pytest
 import requests
 
-from .conftest import RUNNING
-from .ray_cluster import SERVE_URL, TEST_ENV, LocalCluster, test_config
+from registry import ModelRegistry, S3Store
+from registry.signing import load_private_key
+
+from .conftest import RUNNING, free_port
+from .helpers import publish_copy
+from .ray_cluster import SERVE_URL, TEST_ENV, LocalCluster, serve_test_config
+from .tcp_proxy import TcpProxy
 from .test_serving import as_json_row, held_out
 
 pytestmark = pytest.mark.cluster
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 
 
-def cluster_config(registry, cache_dir: str, verify_key: str) -> dict:
-    config = test_config(str(registry.store.root), cache_dir, verify_key=verify_key)
+def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_key: str) -> dict:
+    config = serve_test_config(registry_uri, cache_dir, verify_key=verify_key)
+    config["applications"][0]["args"]["registry"]["endpoint_url"] = endpoint_url
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] != "Router":
             deployment["max_replicas_per_node"] = 1  # spread: a lost node never takes a model down
             deployment["autoscaling_config"]["min_replicas"] = 2
+        if deployment["name"] == "xgboost":  # test-sized autoscaling: 2 to 3 replicas within seconds
+            deployment["autoscaling_config"].update(max_replicas=3, target_ongoing_requests=1, upscale_delay_s=1,
+                                                    downscale_delay_s=3, look_back_period_s=2, metrics_interval_s=1)
     return config
 
 
+def s3_copy_of(trained_registry, moto_server, endpoint_url: str, tmp_path, signing_key):
+    """The trained versions, signatures and aliases, published to a bucket behind the proxy."""
+    bucket = moto_server.store().bucket
+    registry = ModelRegistry(S3Store(bucket, "registry", endpoint_url=endpoint_url, connect_timeout=1),
+                             tmp_path / "publisher-cache", signing_key=signing_key)
+    for name in trained_registry.models():
+        for version in trained_registry.versions(name):
+            registry.publish(name, version, trained_registry.pull(name, version),
+                             trained_registry.signature(name, version))
+        for alias, version in trained_registry.aliases(name).items():
+            registry.set_alias(name, alias, version)
+    return registry, f"s3://{bucket}/registry"
+
+
 @pytest.fixture(scope="module")
-def cluster(trained_registry, publisher_keys, tmp_path_factory):
+def cluster(trained_registry, publisher_keys, moto_server, tmp_path_factory):
     if "serve_app" in RUNNING:
         RUNNING.pop("serve_app").stop()
+    proxy = TcpProxy(moto_server.port, free_port()).start()  # the S3 endpoint the cluster sees
+    endpoint = f"http://127.0.0.1:{proxy.port}"
+    s3, uri = s3_copy_of(trained_registry, moto_server, endpoint, tmp_path_factory.mktemp("s3"),
+                         load_private_key(publisher_keys["private"]))
     nodes = LocalCluster(workers=2, cpus_per_node=2, head_cpus=1, env=TEST_ENV).start()
     try:
-        config = cluster_config(trained_registry, str(tmp_path_factory.mktemp("cluster-cache")),
+        config = cluster_config(uri, endpoint, str(tmp_path_factory.mktemp("cluster-cache")),
                                 str(publisher_keys["public"]))
         nodes.put(config)  # as KubeRay's operator applies serveConfigV2
         nodes.wait_running()
-        nodes.config = config
+        nodes.config, nodes.s3, nodes.proxy = config, s3, proxy
         yield nodes
     finally:
         nodes.stop()
+        proxy.stop()
 
 
 class SteadyLoad:
@@ -73,6 +103,12 @@ class SteadyLoad:
         self.stop_event.set()
         self.thread.join(60)
 
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        """Until `count` more requests have completed."""
+        target, deadline = len(self.results) + count, time.monotonic() + timeout
+        while len(self.results) < target and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.05)
+
     @property
     def failed(self) -> list[tuple[float, int]]:
         return [r for r in self.results if r[1] != 200]
@@ -95,7 +131,7 @@ def test_zero_downtime_update_under_load(cluster):
         if deployment["name"] == "Router":
             deployment["user_config"]["ensemble_weights"] = {"keras_cnn": 1.0, "xgboost": 2.0, "random_forest": 1.0}
     with SteadyLoad() as load:
-        time.sleep(1)  # requests in flight before the update starts
+        load.wait_for(10)  # traffic flowing before the update starts
         cluster.deploy(changed)  # `serve deploy`, as a RayCluster user does
         cluster.wait_running()
     print(f"\nzero-downtime update: {len(load.results)} requests, {len(load.failed)} failed")
@@ -105,10 +141,42 @@ def test_zero_downtime_update_under_load(cluster):
     cluster.config = changed
 
 
+def test_autoscaling_up_under_load_and_back_down(cluster):
+    assert len(cluster.replicas("xgboost")) == 2
+    rows = [as_json_row(r) for r in held_out(50)]
+    stop, deadline = threading.Event(), time.monotonic() + 120
+
+    def client():
+        while not stop.is_set() and time.monotonic() < deadline:
+            requests.post(f"{SERVE_URL}/api/v1/predict/batch", json={"instances": rows, "model": "xgboost"}, timeout=60)
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    started = time.monotonic()
+    for thread in clients:
+        thread.start()
+    try:
+        while time.monotonic() < deadline and len(cluster.replicas("xgboost")) < 3:
+            time.sleep(0.5)
+        scaled_up = time.monotonic() - started
+        peak = len(cluster.replicas("xgboost"))
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    stopped = time.monotonic()
+    while time.monotonic() < stopped + 120 and len(cluster.replicas("xgboost")) > 2:
+        time.sleep(0.5)
+    scaled_down = time.monotonic() - stopped
+    print(f"\nautoscaling: 2 -> {peak} replicas after {scaled_up:.1f} s of load, "
+          f"back to {len(cluster.replicas('xgboost'))} {scaled_down:.1f} s after it stopped")
+    assert peak == 3
+    assert len(cluster.replicas("xgboost")) == 2
+
+
 def test_losing_a_worker_node(cluster):
     victim = "127.0.0.3"
     with SteadyLoad() as load:
-        time.sleep(2)
+        load.wait_for(10)
         killed_at = time.monotonic()
         cluster.kill_raylet(victim)
         deadline, recovered_at = killed_at + 90, None
@@ -121,7 +189,7 @@ def test_losing_a_worker_node(cluster):
                     pass
                 break
             time.sleep(0.2)
-        time.sleep(2)  # traffic after recovery counts too
+        load.wait_for(20)  # traffic after recovery counts too
     failed_share = len(load.failed) / max(1, len(load.results))
     recovery = (recovered_at - killed_at) if recovered_at else None
     print(f"\nworker node lost: {len(load.results)} requests, {len(load.failed)} failed "
@@ -130,3 +198,32 @@ def test_losing_a_worker_node(cluster):
     assert failed_share <= 0.01, Counter(s for _, s in load.failed)
     for name in ("keras_cnn", "xgboost", "random_forest"):
         assert all(r["node_ip"] != victim for r in cluster.replicas(name))
+
+
+def test_s3_outage_while_serving_then_a_cold_start_from_the_cache(cluster, tmp_path):
+    publish_copy(cluster.s3, "xgboost", "1.1.0", "9.3.0", tmp_path)  # published, never loaded
+    row = as_json_row(held_out(1)[0])
+    cluster.proxy.stop()  # the S3 endpoint goes away
+    try:
+        with SteadyLoad(limit=300, seconds=60) as load:
+            load.wait_for(100)  # well past the router's 1 s alias cache: answers come from what is loaded
+        assert len(load.results) > 5 and not load.failed, Counter(s for _, s in load.failed)
+        missing = requests.post(PREDICT, json={"features": row, "model": "xgboost", "version": "9.3.0"}, timeout=60)
+        assert missing.status_code == 503 and "cannot be reached" in missing.json()["error"], missing.text
+        # Cold start with the endpoint still down: every model replica restarts from the local cache.
+        killed = {name: {r["pid"] for r in cluster.replicas(name)} for name in ("keras_cnn", "xgboost", "random_forest")}
+        for pids in killed.values():
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # every model runs two replicas again, none of them old
+            running = {name: {r["pid"] for r in cluster.replicas(name)} for name in killed}
+            if all(len(running[n]) == 2 and not running[n] & killed[n] for n in killed):
+                break
+            time.sleep(0.5)
+        cluster.wait_running(timeout=max(1.0, deadline - time.monotonic()))
+        assert requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=60).status_code == 200
+    finally:
+        cluster.proxy.start()  # the endpoint is back
+    back = requests.post(PREDICT, json={"features": row, "model": "xgboost", "version": "9.3.0"}, timeout=60)
+    assert back.status_code == 200 and back.json()["version"] == "9.3.0"
