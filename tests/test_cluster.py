@@ -29,6 +29,9 @@ PREDICT = f"{SERVE_URL}/api/v1/predict"
 
 def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_key: str) -> dict:
     config = serve_test_config(registry_uri, cache_dir, verify_key=verify_key)
+    # Every node's proxy would bind the same 127.0.0.1:8000 on one machine, and a lost node's proxy
+    # drops the connections the kernel handed it; on KubeRay a Service stops routing to a lost pod.
+    config["proxy_location"] = "HeadOnly"
     config["applications"][0]["args"]["registry"]["endpoint_url"] = endpoint_url
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] != "Router":
