@@ -81,8 +81,10 @@ class LocalCluster:
                   f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                   f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
         if head:
+            # The "head" resource lets a config pin actors (the router) to the head node.
             args = ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={self.dashboard_port}", f"--num-cpus={self.head_cpus}"]
+                    f"--dashboard-port={self.dashboard_port}", f"--num-cpus={self.head_cpus}",
+                    '--resources={"head": 1}']
         else:
             args = [f"--address={self.head_ip}:{self.gcs_port}", f"--num-cpus={self.cpus_per_node}"]
         log = open(temp_dir.parent / f"ray-start-{ip}.log", "ab")

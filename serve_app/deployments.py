@@ -101,6 +101,12 @@ class ModelServer:
         return {"version": version, "load_time_s": round(model.load_time_s, 4), "checksums": model.checksums,
                 "pinned": version in self.pinned}
 
+    def default_ref(self) -> str:
+        """The version or alias this deployment's replicas were configured to serve by default. The
+        router asks rather than trusting its own copy of the config, so a rollout that fails
+        leaves requests on the default the running replicas were started with."""
+        return self.settings.default_version
+
     def loaded_versions(self) -> list[str]:
         """Pinned versions plus whatever the multiplexed LRU cache holds now."""
         wrapper = getattr(self.get_model, "__serve_multiplex_wrapper", None)

@@ -201,6 +201,7 @@ class Router:
         self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
         self.breakers = {name: self._breaker() for name in models}
         self._metadata: dict[tuple[str, str], dict] = {}
+        self._defaults: dict[str, tuple[str, float]] = {}
         self.metrics = RouterMetrics(list(models))
         for name, settings in self.args.models.items():
             try:
@@ -285,8 +286,20 @@ class Router:
         return self._metadata[key]
 
     async def _resolve(self, name: str, version_ref: str | None) -> str:
-        """A request's version or alias, or else the model's configured default, as a concrete version."""
-        return await self.aliases.resolve(name, version_ref or self.args.models[name].default_version)
+        """A request's version or alias, or else the model deployment's default, as a concrete version."""
+        return await self.aliases.resolve(name, version_ref or await self._default_ref(name))
+
+    async def _default_ref(self, name: str) -> str:
+        """What the running model replicas serve by default, asked at most once per alias_cache_s."""
+        cached = self._defaults.get(name)
+        if cached and time.monotonic() - cached[1] < self.settings.alias_cache_s:
+            return cached[0]
+        try:
+            ref = await asyncio.wait_for(self.models[name].default_ref.remote(), self.settings.model_timeout_s)
+        except Exception:  # noqa: BLE001 - unreachable: the last answer, else the configuration's
+            ref = cached[0] if cached else self.args.models[name].default_version
+        self._defaults[name] = (ref, time.monotonic())
+        return ref
 
     async def _auto(self, version_ref: str | None) -> str:
         """The model whose served version has the best registry ROC-AUC."""

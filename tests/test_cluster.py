@@ -34,7 +34,9 @@ def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_
     config["proxy_location"] = "HeadOnly"
     config["applications"][0]["args"]["registry"]["endpoint_url"] = endpoint_url
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] != "Router":
+        if deployment["name"] == "Router":  # on the head with the proxy: a lost worker loses no router
+            deployment["ray_actor_options"]["resources"] = {"head": 0.01}
+        else:
             deployment["max_replicas_per_node"] = 1  # spread: a lost node never takes a model down
             deployment["autoscaling_config"]["min_replicas"] = 2
         if deployment["name"] == "xgboost":  # test-sized autoscaling: 2 to 3 replicas within seconds
@@ -65,7 +67,7 @@ def cluster(trained_registry, publisher_keys, moto_server, tmp_path_factory):
     endpoint = f"http://127.0.0.1:{proxy.port}"
     s3, uri = s3_copy_of(trained_registry, moto_server, endpoint, tmp_path_factory.mktemp("s3"),
                          load_private_key(publisher_keys["private"]))
-    nodes = LocalCluster(workers=2, cpus_per_node=2, head_cpus=1, env=TEST_ENV).start()
+    nodes = LocalCluster(workers=2, cpus_per_node=2, head_cpus=2, env=TEST_ENV).start()
     try:
         config = cluster_config(uri, endpoint, str(tmp_path_factory.mktemp("cluster-cache")),
                                 str(publisher_keys["public"]))
@@ -139,8 +141,11 @@ def test_zero_downtime_update_under_load(cluster):
         cluster.wait_running()
     print(f"\nzero-downtime update: {len(load.results)} requests, {len(load.failed)} failed")
     assert len(load.results) > 20 and not load.failed, Counter(s for _, s in load.failed)
-    body = requests.post(PREDICT, json={"features": load.rows[0], "model": "xgboost"}, timeout=30).json()
-    assert body["version"] == "1.1.0"
+    deadline, served = time.monotonic() + 15, None  # the router asks the new replicas within alias_cache_s
+    while time.monotonic() < deadline and served != "1.1.0":
+        served = requests.post(PREDICT, json={"features": load.rows[0], "model": "xgboost"}, timeout=30).json()["version"]
+        time.sleep(0.2)
+    assert served == "1.1.0"
     cluster.config = changed
 
 
