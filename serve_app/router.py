@@ -202,6 +202,7 @@ class Router:
         self.breakers = {name: self._breaker() for name in models}
         self._metadata: dict[tuple[str, str], dict] = {}
         self._defaults: dict[str, tuple[str, float]] = {}
+        self._refreshing: dict[str, asyncio.Future] = {}
         self.metrics = RouterMetrics(list(models))
         for name, settings in self.args.models.items():
             try:
@@ -290,14 +291,24 @@ class Router:
         return await self.aliases.resolve(name, version_ref or await self._default_ref(name))
 
     async def _default_ref(self, name: str) -> str:
-        """What the running model replicas serve by default, asked at most once per alias_cache_s."""
+        """What the running model replicas serve by default. Asked once per router replica before
+        its first answer, then refreshed in the background every alias_cache_s: never a wait on
+        the request path once known."""
         cached = self._defaults.get(name)
-        if cached and time.monotonic() - cached[1] < self.settings.alias_cache_s:
-            return cached[0]
+        if cached is None:
+            return await self._refresh_default(name)
+        if time.monotonic() - cached[1] >= self.settings.alias_cache_s and name not in self._refreshing:
+            self._refreshing[name] = asyncio.ensure_future(self._refresh_default(name))
+        return cached[0]
+
+    async def _refresh_default(self, name: str) -> str:
+        cached = self._defaults.get(name)
         try:
             ref = await asyncio.wait_for(self.models[name].default_ref.remote(), self.settings.model_timeout_s)
         except Exception:  # noqa: BLE001 - unreachable: the last answer, else the configuration's
             ref = cached[0] if cached else self.args.models[name].default_version
+        finally:
+            self._refreshing.pop(name, None)
         self._defaults[name] = (ref, time.monotonic())
         return ref
 
