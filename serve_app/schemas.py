@@ -8,7 +8,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from registry.versions import check_alias, is_version
-from runtimes import MODEL_NAMES
 from runtimes.schema import FEATURE_INDEX, FEATURES, LABELS, N_FEATURES
 
 Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
@@ -137,4 +136,3 @@ class HealthResponse(BaseModel):
     breakers: dict[str, str]
 
 
-MODEL_LIST = list(MODEL_NAMES)
