@@ -134,5 +134,3 @@ class HealthResponse(BaseModel):
     models_loaded: dict[str, list[str]]
     cache_size: int
     breakers: dict[str, str]
-
-
