@@ -208,7 +208,7 @@ def test_losing_a_worker_node(cluster):
     failed_share = len(load.failed) / max(1, len(load.results))
     recovery = (recovered_at - killed_at) if recovered_at else None
     print(f"\nworker node lost: {len(load.results)} requests, {len(load.failed)} failed ({failed_share:.2%}), "
-          f"recovered in {recovery} s, replicas restored in {restored:.1f} s")
+          f"recovered in {recovery if recovery is None else round(recovery, 1)} s, replicas restored in {restored:.1f} s")
     assert recovery is not None and recovery <= 30, recovery
     assert failed_share <= 0.01, Counter(s for _, s in load.failed)
     for name in ("keras_cnn", "xgboost", "random_forest"):
