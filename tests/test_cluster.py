@@ -28,7 +28,7 @@ PREDICT = f"{SERVE_URL}/api/v1/predict"
 
 
 def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_key: str) -> dict:
-    config = serve_test_config(registry_uri, cache_dir, verify_key=verify_key)
+    config = serve_test_config(registry_uri, cache_dir, verify_key=verify_key, experiments=False)
     # Every node's proxy would bind the same 127.0.0.1:8000 on one machine, and a lost node's proxy
     # drops the connections the kernel handed it; on KubeRay a Service stops routing to a lost pod.
     config["proxy_location"] = "HeadOnly"
@@ -40,7 +40,7 @@ def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_
             deployment["max_replicas_per_node"] = 1  # spread: a lost node never takes a model down
             deployment["autoscaling_config"]["min_replicas"] = 2
         if deployment["name"] == "xgboost":  # test-sized autoscaling: 2 to 3 replicas within seconds
-            deployment["autoscaling_config"].update(max_replicas=3, target_ongoing_requests=1, upscale_delay_s=1,
+            deployment["autoscaling_config"].update(max_replicas=3, target_ongoing_requests=2, upscale_delay_s=1,
                                                     downscale_delay_s=3, look_back_period_s=2, metrics_interval_s=1)
     return config
 
@@ -149,7 +149,26 @@ def test_zero_downtime_update_under_load(cluster):
     cluster.config = changed
 
 
-def test_autoscaling_up_under_load_and_back_down(cluster):
+def with_xgboost_target(config: dict, target_ongoing_requests: float) -> dict:
+    changed = copy.deepcopy(config)
+    for deployment in changed["applications"][0]["deployments"]:
+        if deployment["name"] == "xgboost":
+            deployment["autoscaling_config"]["target_ongoing_requests"] = target_ongoing_requests
+    return changed
+
+
+@pytest.fixture
+def eager_xgboost_autoscaling(cluster):
+    """A low target, applied in place: any sustained load scales up however fast the machine is
+    (with a target of 1, a slow machine whose router is the bottleneck never queues enough)."""
+    cluster.deploy(with_xgboost_target(cluster.config, 0.25))
+    cluster.wait_running()
+    yield
+    cluster.deploy(cluster.config)
+    cluster.wait_running()
+
+
+def test_autoscaling_up_under_load_and_back_down(cluster, eager_xgboost_autoscaling):
     assert len(cluster.replicas("xgboost")) == 2
     rows = [as_json_row(r) for r in held_out(50)]
     stop, deadline = threading.Event(), time.monotonic() + 120
