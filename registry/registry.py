@@ -294,6 +294,32 @@ class ModelRegistry:
                                 "move the alias first")
         self.store.put(f"{self._version_prefix(name, version)}/{ARCHIVED}", _now().encode())
 
+    # ---- documents: small JSON state written with compare-and-swap ----------------------------
+    @staticmethod
+    def _document_key(kind: str, name: str) -> str:
+        return f"{check_alias(kind)}/{check_model_name(name)}.json"
+
+    def read_document(self, kind: str, name: str) -> tuple[dict | None, str | None]:
+        """A JSON document and its ETag, or (None, None) when it was never written."""
+        try:
+            data, etag = self.store.get_with_etag(self._document_key(kind, name))
+        except NotFound:
+            return None, None
+        return json.loads(data), etag
+
+    def write_document(self, kind: str, name: str, document: dict, expected_etag: str | None) -> str:
+        """Write only over the version read (`expected_etag`; None: only if absent). Returns the new ETag."""
+        key = self._document_key(kind, name)
+        body = json.dumps(document, sort_keys=True).encode()
+        try:
+            if expected_etag is None:
+                self.store.put_if_absent(key, body)
+            else:
+                self.store.put_if_match(key, body, expected_etag)
+        except PreconditionFailed:
+            raise AliasConflict(f"{kind}/{name} was written by someone else; read it again") from None
+        return self.store.get_with_etag(key)[1]
+
     # ---- pulling --------------------------------------------------------------------------
     def pull(self, name: str, version: str) -> Path:
         """A verified local copy of name/version in the cache, safe under concurrent pulls.
