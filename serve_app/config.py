@@ -3,6 +3,8 @@ deployment's `user_config`. Everything here is plain pydantic, so `serve_config.
 RayService's serveConfigV2 are validated before anything starts."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry import RegistryConfig
@@ -57,6 +59,66 @@ class BreakerSettings(_Strict):
     cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker turns calls away")
 
 
+class RollbackSettings(_Strict):
+    """When a candidate is rolled back: every trigger over the same sliding window."""
+
+    window_s: float = Field(300.0, gt=0, description="sliding window of every trigger")
+    min_samples: int = Field(50, ge=1, description="no trigger fires on fewer requests per variant")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="candidate errors / candidate requests")
+    max_latency_ratio: float = Field(2.0, gt=0, description="candidate p95 / stable p95")
+    max_drift_kl: float = Field(0.3, gt=0, description="KL(candidate || stable) of the predicted classes")
+    health_failures: int = Field(3, ge=1, description="consecutive failed health checks of the candidate")
+    health_period_s: float = Field(5.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+
+
+class RolloutSettings(_Strict):
+    """Gradual rollout: the candidate's weight steps up after each quiet window, else rolls back."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0], min_length=1)
+    step_window_s: float = Field(300.0, gt=0)
+    promote_at_end: bool = Field(True, description="move `stable` to the candidate after the last step")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 1 for s in steps) or steps != sorted(steps):
+            raise ValueError("steps: increasing weights in (0, 1]")
+        return steps
+
+
+class ExperimentSettings(_Strict):
+    """One model's experiment: its stable variant (the model's default) against a candidate."""
+
+    candidate: str | None = Field(None, description="version or alias served by the candidate variant")
+    weight: float = Field(0.1, ge=0, le=1, description="share of the model's default traffic to the candidate")
+    sticky_header: str | None = Field(None, description="request header whose value pins a client to a variant")
+    shadow: str | None = Field(None, description="version or alias that gets a copy of the traffic, never answers")
+    shadow_queue: int = Field(64, ge=1, le=10_000, description="pending shadow copies before new ones are dropped")
+    rollback: RollbackSettings = Field(default_factory=RollbackSettings)
+    rollout: RolloutSettings | None = None
+
+    _refs = field_validator("candidate", "shadow")(lambda cls, ref: None if ref is None else _check_ref(ref))
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _header(cls, header: str | None) -> str | None:
+        return header.lower() if header else None
+
+    @model_validator(mode="after")
+    def _something(self) -> "ExperimentSettings":
+        if not self.candidate and not self.shadow:
+            raise ValueError("an experiment needs a candidate, a shadow or both")
+        return self
+
+
+class PoolSettings(_Strict):
+    """Which variant deployments the application builder creates for a model."""
+
+    candidate: bool = True
+    shadow: bool = False
+
+
 class RouterSettings(_Strict):
     """The router's user_config: changed by `serve deploy` without a restart."""
 
@@ -66,6 +128,16 @@ class RouterSettings(_Strict):
     max_body_bytes: int = Field(2_000_000, ge=1024)
     model_timeout_s: float = Field(10.0, gt=0, description="longest wait for one model's answer")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    experiments: dict[str, ExperimentSettings] = Field(default_factory=dict, description="per model")
+    sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
+
+    @field_validator("experiments")
+    @classmethod
+    def _experiment_models(cls, experiments: dict[str, ExperimentSettings]) -> dict[str, ExperimentSettings]:
+        unknown = set(experiments) - set(MODEL_NAMES)
+        if unknown:
+            raise ValueError(f"experiments: unknown models {sorted(unknown)}; expected some of {', '.join(MODEL_NAMES)}")
+        return experiments
 
     @field_validator("ensemble_weights")
     @classmethod
@@ -89,6 +161,21 @@ class AppArgs(_Strict):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     models: dict[str, ModelSettings] = Field(default_factory=lambda: {m: ModelSettings() for m in MODEL_NAMES})
     router: RouterSettings = Field(default_factory=RouterSettings)
+    experiment_pools: dict[str, PoolSettings] = Field(
+        default_factory=dict, description="variant deployments to create: `<model>_candidate`, `<model>_shadow`")
+
+    @field_validator("experiment_pools")
+    @classmethod
+    def _pool_models(cls, pools: dict[str, PoolSettings]) -> dict[str, PoolSettings]:
+        unknown = set(pools) - set(MODEL_NAMES)
+        if unknown:
+            raise ValueError(f"experiment_pools: unknown models {sorted(unknown)}")
+        return pools
+
+    def pool_names(self) -> dict[str, str]:
+        """Deployment name -> model name of every variant deployment."""
+        return {f"{model}_{kind}": model for model, pool in self.experiment_pools.items()
+                for kind in ("candidate", "shadow") if getattr(pool, kind) and model in self.models}
 
     @field_validator("models")
     @classmethod

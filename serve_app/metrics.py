@@ -54,15 +54,12 @@ class RouterMetrics:
         self.latency = Histogram("prediction_latency_seconds", "Router-side latency of a prediction request",
                                  boundaries=LATENCY_BUCKETS, tag_keys=("model", "version"))
         self.breaker = Gauge("circuit_breaker_state", "0 closed, 1 half-open, 2 open", tag_keys=("model",))
-        self.rollbacks = Counter("rollbacks_total", "Automatic or manual experiment rollbacks",
-                                 tag_keys=("model", "reason"))
         self.shadow_dropped = Counter("shadow_dropped_total", "Shadow copies dropped because the queue was full",
                                       tag_keys=("model",))
         self.requests = Counter("http_requests_total", "Requests by route and status code",
                                 tag_keys=("route", "code"))
         for model in models:
             self.gauges.set(self.breaker, 0, {"model": model})
-            _zero(self.rollbacks, {"model": model, "reason": "none"})
             _zero(self.shadow_dropped, {"model": model})
 
     def zero_model(self, model: str, version: str) -> None:
@@ -86,8 +83,22 @@ class RouterMetrics:
     def breaker_state(self, model: str, state: str) -> None:
         self.gauges.set(self.breaker, BREAKER_STATES[state], {"model": model})
 
+    def dropped_shadow(self, model: str) -> None:
+        self.shadow_dropped.inc(tags={"model": model})
+
     def request(self, route: str, code: int) -> None:
         self.requests.inc(tags={"route": route, "code": str(code)})
+
+
+class ControllerMetrics:
+    def __init__(self, models: list[str]):
+        self.rollbacks = Counter("rollbacks_total", "Automatic or manual experiment rollbacks",
+                                 tag_keys=("model", "reason"))
+        for model in models:
+            _zero(self.rollbacks, {"model": model, "reason": "none"})
+
+    def rolled_back(self, model: str, reason: str) -> None:
+        self.rollbacks.inc(tags={"model": model, "reason": reason})
 
 
 class ModelMetrics:

@@ -27,20 +27,25 @@ from ray.serve.handle import DeploymentHandle
 from registry import InvalidName, NotFound
 from runtimes.schema import LABELS, input_schema, output_schema
 
-from . import v2
+from . import traffic, v2
 from .aliases import AliasResolver
+from .auth import AuthError, Authenticator
 from .breaker import CircuitBreaker
 from .config import AppArgs, RouterSettings
 from .ensemble import soft_vote
 from .metrics import RouterMetrics
 from .errors import BadRequest, ModelUnavailable, NotFoundError, ServingError
 from .schemas import (BatchItem, BatchPredictRequest, BatchPredictResponse, EnsembleInfo, ErrorResponse,
-                      HealthResponse, ModelAnswer, PredictRequest, PredictResponse)
+                      HealthResponse, ModelAnswer, PredictRequest, PredictResponse, RollbackRequest,
+                      WeightRequest)
+from .traffic import Route, ShadowCopies, Traffic
 
 logger = logging.getLogger("ray.serve")
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
 _ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 _V2_ERRORS = {400: {"model": ErrorResponse, "description": "invalid request"}}
+_ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 app = FastAPI(title="kepler-serve", version="0.1.0", docs_url=None, redoc_url=None,
               description="Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE.")
@@ -112,6 +117,17 @@ app.add_middleware(BodyLimit)
 
 class BreakerOpen(ServingError):
     status_code = 503
+
+
+class Conflict(ServingError):
+    status_code = 409
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica
+        return "local"
 
 
 def _metrics_url() -> str | None:
@@ -193,13 +209,20 @@ def _answers(probabilities: np.ndarray, with_probabilities: bool) -> list[BatchI
 
 @serve.ingress(app)
 class Router:
-    def __init__(self, models: dict[str, DeploymentHandle], args: dict):
+    def __init__(self, models: dict[str, DeploymentHandle], args: dict,
+                 pools: dict[str, DeploymentHandle] | None = None, controller: DeploymentHandle | None = None):
         self.args = AppArgs(**args)
         self.models = models
+        self.pools = pools or {}  # "<model>_candidate" / "<model>_shadow" -> handle
+        self.handles = {**models, **self.pools}
+        self.controller = controller
+        self.auth = Authenticator.from_env()
+        self.traffic = Traffic()
+        self._syncing: asyncio.Task | None = None
         self.registry = self.args.registry.config().open()
         self.settings = self.args.router
         self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
-        self.breakers = {name: self._breaker() for name in models}
+        self.breakers = {name: self._breaker() for name in self.handles}
         self._metadata: dict[tuple[str, str], dict] = {}
         self._defaults: dict[str, tuple[str, float]] = {}
         self._refreshing: dict[str, asyncio.Future] = {}
@@ -210,6 +233,7 @@ class Router:
             except Exception:  # noqa: BLE001 - the series appears with the first answer instead
                 pass
         self.metrics_url = _metrics_url()
+        self.shadows = ShadowCopies(self._shadow_answer, self.traffic.recorder, self.metrics.dropped_shadow)
 
     def _breaker(self) -> CircuitBreaker:
         return CircuitBreaker(self.settings.breaker.failure_threshold, self.settings.breaker.cooldown_s)
@@ -221,24 +245,92 @@ class Router:
         for breaker in self.breakers.values():
             breaker.failure_threshold = self.settings.breaker.failure_threshold
             breaker.cooldown_s = self.settings.breaker.cooldown_s
+        for model, spec in self.settings.experiments.items():
+            for kind in ("candidate", "shadow"):
+                if getattr(spec, kind) and f"{model}_{kind}" not in self.pools:
+                    raise ValueError(f"experiments.{model}.{kind}: no {model}_{kind} deployment; add "
+                                     f"{model} to the application's experiment_pools")
+        self.traffic.configure(self.settings.experiments)
+        self.shadows.resize(max([s.shadow_queue for s in self.settings.experiments.values()], default=64))
+
+    # ---- the experiment book, kept fresh off the request path --------------------------------
+    def _ensure_syncing(self) -> None:
+        if self.controller is not None and (self._syncing is None or self._syncing.done()):
+            self._syncing = asyncio.ensure_future(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            drained = self.traffic.recorder.drain()
+            specs = {m: s.model_dump() for m, s in self.settings.experiments.items()}
+            try:
+                snapshot = await asyncio.wait_for(self.controller.sync.remote(specs, drained), 5)
+                self.traffic.adopt(snapshot)
+            except Exception as e:  # noqa: BLE001 - keep the last book; resend the statistics later
+                self.traffic.recorder.restore(drained)
+                logger.warning("experiment controller unreachable, keeping generation %d: %s",
+                               self.traffic.generation, type(e).__name__)
+            await asyncio.sleep(self.settings.sync_period_s)
+
+    async def check_health(self) -> None:
+        self._ensure_syncing()
 
     # ---- calling models -------------------------------------------------------------------
-    async def _call(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+    async def _call(self, name: str, version: str, rows: np.ndarray, variant: str = "primary") -> np.ndarray:
+        """One model deployment's answer; `variant` picks the stable (primary), candidate or shadow one."""
+        deployment = name if variant == "primary" else f"{name}_{variant}"
         try:
-            result = await self._call_once_more_on_death(name, version, rows)
+            result = await self._call_once_more_on_death(deployment, version, rows)
         except Exception:
-            self.metrics.failed(name, version, len(rows))
+            self.metrics.failed(name, version, len(rows), variant)
             raise
         finally:
-            self.metrics.breaker_state(name, self.breakers[name].state.value)
-        self.metrics.answered(name, version, [LABELS[i] for i in result.argmax(axis=1)])
+            if variant == "primary":
+                self.metrics.breaker_state(name, self.breakers[name].state.value)
+        self.metrics.answered(name, version, [LABELS[i] for i in result.argmax(axis=1)], variant)
         return result
+
+    async def _model_answer(self, name: str, version_ref: str | None, version: str, rows: np.ndarray):
+        """(probabilities, version, variant): requests that name no version take part in the model's
+        experiment; a failing candidate's request is answered by the stable variant."""
+        route = None if version_ref else self.traffic.route(name, traffic.REQUEST_HEADERS.get())
+        if route is None:
+            return await self._call(name, version, rows), version, None
+        if route.variant == "candidate":
+            result = await self._timed(route, "candidate", self._call(name, route.candidate_version, rows, "candidate"))
+            if result is not None:
+                self._shadow(name, route, rows, result)
+                return result, route.candidate_version, "candidate"
+        result = await self._timed(route, "stable", self._call(name, version, rows), reraise=True)
+        self._shadow(name, route, rows, result)
+        return result, version, "stable"
+
+    async def _timed(self, route: Route, variant: str, call, reraise: bool = False) -> np.ndarray | None:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except ServingError:
+            if route.compares:
+                self.traffic.recorder.failed(route.experiment, variant)
+            if reraise:
+                raise
+            return None
+        if route.compares:
+            self.traffic.recorder.answered(route.experiment, variant, time.perf_counter() - started,
+                                           result.argmax(axis=1).tolist())
+        return result
+
+    def _shadow(self, name: str, route: Route, rows: np.ndarray, primary: np.ndarray) -> None:
+        if route.shadow_version:
+            self.shadows.offer(name, route, rows, primary)
+
+    async def _shadow_answer(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+        return await self._call(name, version, rows, "shadow")
 
     async def _call_once_more_on_death(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
         breaker = self.breakers[name]
         if not breaker.allow():
             raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
-        handle = self.models[name].options(multiplexed_model_id=version)
+        handle = self.handles[name].options(multiplexed_model_id=version)
         for attempt in (1, 2):
             try:
                 result = await asyncio.wait_for(handle.predict.remote(version, rows, _request_id()),
@@ -262,10 +354,11 @@ class Router:
 
     async def _serve(self, route: str, model: str, version_ref: str | None, rows: np.ndarray, all_models: bool = False):
         """_predict, timed, counted and logged: one structured log line per request."""
-        started, status, served = time.perf_counter(), 200, (model, version_ref or "default")
+        started, status, served = time.perf_counter(), 200, (model, version_ref or "default", None)
+        self._ensure_syncing()
         try:
             result = await self._predict(model, version_ref, rows, all_models)
-            served = result[1], result[2]
+            served = result[1], result[2], result[5]
             return result
         except ServingError as e:
             status = e.status_code
@@ -276,7 +369,7 @@ class Router:
                 self.metrics.observe_latency(served[0], served[1], seconds)
             self.metrics.request(route, status)
             logger.info("request", extra={"endpoint": route, "model": served[0], "version": served[1],
-                                          "variant": "primary", "rows": len(rows), "status": status,
+                                          "variant": served[2] or "primary", "rows": len(rows), "status": status,
                                           "latency_ms": round(seconds * 1000, 3)})
 
     async def _metadata_of(self, name: str, version: str) -> dict:
@@ -335,13 +428,14 @@ class Router:
         versions = {}
         for name in members:
             versions[name] = await self._resolve(name, version_ref)
-        results = await asyncio.gather(*(self._call(n, versions[n], rows) for n in members), return_exceptions=True)
+        results = await asyncio.gather(*(self._model_answer(n, version_ref, versions[n], rows) for n in members),
+                                       return_exceptions=True)
         answers, skipped = {}, {}
         for name, result in zip(members, results):
             if isinstance(result, BaseException):
                 skipped[name] = getattr(result, "message", type(result).__name__)
             else:
-                answers[name] = result
+                answers[name], versions[name] = result[0], result[1]
         if not answers:
             raise ModelUnavailable("every ensemble member failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
@@ -350,21 +444,21 @@ class Router:
         return soft_vote(answers, weights), version, info, answers, versions
 
     async def _predict(self, model: str, version_ref: str | None, rows: np.ndarray, all_models: bool):
-        """(probabilities, model, version, ensemble info, {model: (version, probabilities)})."""
+        """(probabilities, model, version, ensemble info, {model: (version, probabilities)}, variant)."""
         if model == "ensemble" or all_models:
             probabilities, version, info, answers, versions = await self._ensemble(version_ref, rows)
             others = {n: (versions[n], p) for n, p in answers.items()} if all_models else {}
             if model == "ensemble":
-                return probabilities, "ensemble", version, info, others
+                return probabilities, "ensemble", version, info, others, None
             if model == "auto":
                 model = await self._auto(version_ref)
             if model in answers:
-                return answers[model], model, versions[model], None, others
+                return answers[model], model, versions[model], None, others, None
         elif model == "auto":
             model = await self._auto(version_ref)
         version = await self._resolve(model, version_ref)
-        probabilities = await self._call(model, version, rows)
-        return probabilities, model, version, None, {}
+        probabilities, version, variant = await self._model_answer(model, version_ref, version, rows)
+        return probabilities, model, version, None, {}, variant
 
     async def _guarded(self, coroutine):
         try:
@@ -380,25 +474,27 @@ class Router:
 
     # ---- REST API -------------------------------------------------------------------------
     @app.post("/api/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=_ERRORS)
-    async def predict(self, request: PredictRequest):
+    async def predict(self, request: PredictRequest, http: Request):
         """Classify one KOI."""
+        traffic.REQUEST_HEADERS.set(http.headers)
         return await self._guarded(self._predict_one(request))
 
     async def _predict_one(self, request: PredictRequest) -> PredictResponse:
         started = time.perf_counter()
-        probabilities, model, version, info, others = await self._serve(
+        probabilities, model, version, info, others, variant = await self._serve(
             "predict", request.model, request.version, request.matrix(), request.return_all_models)
         answer = _answers(probabilities, request.return_probabilities)[0]
         return PredictResponse(
             request_id=_request_id(), prediction=answer.prediction, probabilities=answer.probabilities,
-            model=model, version=version, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
+            model=model, version=version, variant=variant, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
             all_models=[ModelAnswer(model=n, version=v, **_answers(p, request.return_probabilities)[0].model_dump())
                         for n, (v, p) in sorted(others.items())] if request.return_all_models else None)
 
     @app.post("/api/v1/predict/batch", response_model=BatchPredictResponse, response_model_exclude_none=True,
               responses=_ERRORS)
-    async def predict_batch(self, request: BatchPredictRequest):
+    async def predict_batch(self, request: BatchPredictRequest, http: Request):
         """Classify many KOIs in one call (up to the configured row limit)."""
+        traffic.REQUEST_HEADERS.set(http.headers)
         if len(request.instances) > self.settings.max_batch_rows:
             return _error(422, f"instances: {len(request.instances)} rows exceed the limit of "
                                f"{self.settings.max_batch_rows}")
@@ -406,11 +502,11 @@ class Router:
 
     async def _predict_many(self, request: BatchPredictRequest) -> BatchPredictResponse:
         started = time.perf_counter()
-        probabilities, model, version, info, others = await self._serve(
+        probabilities, model, version, info, others, variant = await self._serve(
             "predict_batch", request.model, request.version, request.matrix(), request.return_all_models)
         return BatchPredictResponse(
             request_id=_request_id(), predictions=_answers(probabilities, request.return_probabilities),
-            model=model, version=version, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
+            model=model, version=version, variant=variant, latency_ms=round((time.perf_counter() - started) * 1000, 3), ensemble=info,
             all_models={n: _answers(p, request.return_probabilities) for n, (_, p) in sorted(others.items())}
             if request.return_all_models else None)
 
@@ -491,6 +587,65 @@ class Router:
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon.png")
 
+    # ---- experiments -----------------------------------------------------------------------
+    def _admin(self, http: Request) -> str:
+        return self.auth.authorize(http.headers, "admin")
+
+    async def _ask_controller(self, method: str, *args, **kwargs):
+        if self.controller is None:
+            raise NotFoundError("experiments are not enabled in this application")
+        try:
+            return await asyncio.wait_for(getattr(self.controller, method).remote(*args, **kwargs), 30)
+        except LookupError as e:
+            raise NotFoundError(str(e)) from None
+        except ValueError as e:
+            raise Conflict(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - Ray wraps the controller's own errors
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, LookupError):
+                raise NotFoundError(str(cause)) from None
+            if isinstance(cause, ValueError):
+                raise Conflict(str(cause)) from None
+            raise ModelUnavailable(f"experiment controller unavailable: {type(e).__name__}") from None
+
+    @app.get("/api/v1/experiments", responses=_ADMIN_ERRORS)
+    async def experiments(self, http: Request):
+        """Every experiment: variants, weights, request counts, error rate, p50/p95 latency, predicted
+        classes, the shadow's agreement with the primary, and the state with its reason and time."""
+        try:
+            self._admin(http)
+        except AuthError as e:
+            return _error(e.status, e.message)
+        self._ensure_syncing()
+        view = await self._guarded(self._ask_controller("view"))
+        if isinstance(view, JSONResponse):
+            return view
+        return {**view, "router": {"replica": _replica_id(), "generation": self.traffic.generation}}
+
+    async def _admin_action(self, http: Request, action: str, model: str, **arguments):
+        try:
+            actor = self._admin(http)
+        except AuthError as e:
+            return _error(e.status, e.message)
+        if model not in self.models:
+            return _error(404, f"unknown model {model!r}: expected one of {', '.join(self.models)}")
+        return await self._guarded(self._ask_controller("admin", action, model, actor, **arguments))
+
+    @app.put("/api/v1/experiments/{model}/weight", responses=_ADMIN_ERRORS)
+    async def set_weight(self, model: str, body: WeightRequest, http: Request):
+        """Set the candidate's weight (holds until a different configuration is applied)."""
+        return await self._admin_action(http, "weight", model, weight=body.weight)
+
+    @app.post("/api/v1/experiments/{model}/rollback", responses=_ADMIN_ERRORS)
+    async def rollback(self, model: str, http: Request, body: RollbackRequest | None = None):
+        """Send all of the model's traffic to the stable variant, for good (until a new candidate)."""
+        return await self._admin_action(http, "rollback", model, reason=body.reason if body else None)
+
+    @app.post("/api/v1/experiments/{model}/promote", responses=_ADMIN_ERRORS)
+    async def promote(self, model: str, http: Request):
+        """Move the model's `stable` alias to the candidate version; the experiment ends."""
+        return await self._admin_action(http, "promote", model)
+
     # ---- Open Inference Protocol V2 ---------------------------------------------------------
     @app.get("/v2")
     async def v2_server(self):
@@ -545,13 +700,14 @@ class Router:
               responses=_V2_ERRORS)
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=v2.InferResponse,
               response_model_exclude_none=True, responses=_V2_ERRORS)
-    async def v2_infer(self, name: str, request: v2.InferRequest, version: str | None = None):
+    async def v2_infer(self, name: str, request: v2.InferRequest, http: Request, version: str | None = None):
         if name not in self._v2_names():
             return _error(400, f"unknown model {name!r}: expected one of {', '.join(self._v2_names())}")
         try:
             rows = v2.decode(request, self.settings.max_batch_rows)
             outputs = v2.requested_outputs(request)
-            probabilities, model, served, _, _ = await self._serve("v2_infer", name, version, rows)
+            traffic.REQUEST_HEADERS.set(http.headers)
+            probabilities, model, served, *_ = await self._serve("v2_infer", name, version, rows)
         except v2.V2Error as e:
             return _error(400, str(e))
         except BreakerOpen as e:

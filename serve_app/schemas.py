@@ -103,6 +103,7 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] | None = None
     model: str
     version: str
+    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")
     latency_ms: float
     ensemble: EnsembleInfo | None = None
     all_models: list[ModelAnswer] | None = None
@@ -119,9 +120,20 @@ class BatchPredictResponse(BaseModel):
     predictions: list[BatchItem]
     model: str
     version: str
+    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")
     latency_ms: float
     ensemble: EnsembleInfo | None = None
     all_models: dict[str, list[BatchItem]] | None = None
+
+
+class WeightRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(..., ge=0, le=1, description="the candidate's share of the model's default traffic")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, max_length=500)
 
 
 class ErrorResponse(BaseModel):

@@ -1,0 +1,266 @@
+"""The experiment controller: a single-replica deployment, the one authority over run-time
+experiment decisions. Routers call `sync` every second or so, outside their request paths: they
+hand over their configured experiments and the statistics gathered since the last call, and get
+back the newest book. Each tick the controller loads new variants, health-checks candidates,
+evaluates the rollback triggers over the merged statistics, steps rollouts, and persists every
+decision to the registry with a generation number, so a restarted controller carries on."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from registry import RegistryError
+
+from .config import ExperimentSettings, RegistrySettings
+from .experiments import TERMINAL, Book, Decisions, Record
+from .metrics import ControllerMetrics
+from .variant_stats import Window
+
+logger = logging.getLogger("ray.serve")
+DOCUMENT = ("experiments", "book")
+LOAD_TIMEOUT_S = 180.0
+
+
+class ExperimentController:
+    def __init__(self, pools: dict[str, DeploymentHandle], models: list[str], registry: dict):
+        self.pools = pools  # "<model>_candidate" / "<model>_shadow" -> handle
+        self.registry = RegistrySettings(**registry).config().open()
+        self.window = Window()
+        self.book, self.etag = self._load_book()
+        self.decisions = Decisions(self.book, self.window)
+        self.specs: dict[str, tuple[ExperimentSettings, float]] = {}  # model -> (spec, last seen)
+        self.metrics = ControllerMetrics(models)
+        self.dirty = False
+        self._loading: set[str] = set()
+        self._health_due: dict[str, float] = {}
+        self._ticker: asyncio.Task | None = None
+
+    def _load_book(self) -> tuple[Book, str | None]:
+        try:
+            document, etag = self.registry.read_document(*DOCUMENT)
+        except RegistryError as e:  # start empty; the next successful write wins
+            logger.warning("experiment book unreadable, starting empty: %s", e)
+            return Book(), None
+        return (Book(**document), etag) if document else (Book(), None)
+
+    # ---- the routers' side ------------------------------------------------------------------
+    async def sync(self, specs: dict[str, dict], drained: list) -> dict:
+        """Take a router's configured experiments and statistics; give back the book."""
+        self._ensure_ticking()
+        self.window.merge(drained)
+        now = time.time()
+        for model, spec in specs.items():
+            self.specs[model] = (ExperimentSettings(**spec), now)
+        return self.snapshot()
+
+    def snapshot(self) -> dict:
+        return {"generation": self.book.generation,
+                "experiments": {m: r.model_dump() for m, r in self.book.current.items()}}
+
+    def _ensure_ticking(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def check_health(self) -> None:
+        self._ensure_ticking()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def _tick_forever(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - one bad tick must not stop the authority
+                logger.exception("experiment controller tick failed")
+            await asyncio.sleep(0.5)
+
+    async def _tick(self) -> None:
+        now = time.time()
+        for model, (spec, seen) in list(self.specs.items()):
+            if now - seen > 15:  # no router configures it any more
+                del self.specs[model]
+                if self.book.current.pop(model, None) is not None:
+                    self.book.generation += 1
+                    self.dirty = True
+                continue
+            await self._reconcile(model, spec)
+        for model, record in list(self.book.current.items()):
+            spec = self.specs.get(model, (None,))[0]
+            if spec is None or record.state != "running":
+                continue
+            await self._health_check(record, spec)
+            self._decide(record, spec)
+        if self.dirty:
+            await self._persist()
+
+    async def _reconcile(self, model: str, spec: ExperimentSettings) -> None:
+        try:
+            candidate = await asyncio.to_thread(self.registry.resolve, model, spec.candidate) if spec.candidate else None
+            shadow = await asyncio.to_thread(self.registry.resolve, model, spec.shadow) if spec.shadow else None
+        except RegistryError as e:
+            logger.warning("cannot resolve the %s experiment's versions: %s", model, e)
+            return
+        generation = self.book.generation
+        needs_loading = self.decisions.adopt(model, spec, candidate, shadow)
+        self.dirty |= self.book.generation != generation
+        if needs_loading is not None and model not in self._loading:
+            self._loading.add(model)
+            asyncio.get_running_loop().create_task(self._load_variants(needs_loading, spec))
+
+    async def _describe(self, pool: str, version: str, timeout: float) -> None:
+        handle = self.pools[pool].options(multiplexed_model_id=version)
+        await asyncio.wait_for(handle.describe.remote(version), timeout)
+
+    async def _load_variants(self, record: Record, spec: ExperimentSettings) -> None:
+        """Load the candidate and shadow in their own deployments before any traffic goes there."""
+        try:
+            shadow_ready = False
+            if record.shadow_version:
+                try:
+                    await self._describe(f"{record.model}_shadow", record.shadow_version, LOAD_TIMEOUT_S)
+                    shadow_ready = True
+                except Exception as e:  # noqa: BLE001 - no shadow traffic; the candidate may still run
+                    logger.warning("%s shadow %s cannot load: %s", record.model, record.shadow_version, e)
+            if record.state in TERMINAL or record.state == "running":
+                record.shadow_ready = shadow_ready
+                self.book.generation += 1
+            elif record.candidate_version:
+                try:
+                    await self._describe(f"{record.model}_candidate", record.candidate_version, LOAD_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001 - every failure to load means the same thing here
+                    self._log(self.decisions.end(record, "failed", f"candidate cannot load: {_message(e)}",
+                                                 "controller"))
+                else:
+                    self.decisions.started(record, spec, shadow_ready)
+            else:
+                self.decisions.started(record, spec, shadow_ready)
+            self.dirty = True
+        finally:
+            self._loading.discard(record.model)
+
+    async def _health_check(self, record: Record, spec: ExperimentSettings) -> None:
+        if not record.candidate_version or time.time() < self._health_due.get(record.experiment_id, 0):
+            return
+        self._health_due[record.experiment_id] = time.time() + spec.rollback.health_period_s
+        try:
+            await self._describe(f"{record.model}_candidate", record.candidate_version, spec.rollback.health_timeout_s)
+            record.health_failures = 0
+        except Exception as e:  # noqa: BLE001 - a timeout or a dead replica alike
+            record.health_failures += 1
+            logger.warning("%s candidate health check %d failed: %s", record.model, record.health_failures,
+                           _message(e))
+
+    def _decide(self, record: Record, spec: ExperimentSettings) -> None:
+        decision = self.decisions.check(record, spec)
+        if decision is None:
+            return
+        action, reason = decision
+        if action == "rollback":
+            self.rollback(record.model, reason, "controller")
+        elif action == "step":
+            self._log(self.decisions.step(record, spec, reason))
+            self.dirty = True
+        else:
+            asyncio.get_running_loop().create_task(self.promote(record.model, "rollout", reason))
+
+    async def _persist(self) -> None:
+        document = self.book.model_dump()
+        try:
+            self.etag = await asyncio.to_thread(self.registry.write_document, *DOCUMENT, document, self.etag)
+            self.dirty = False
+        except RegistryError as e:  # unreachable or written by a stale controller: retry next tick
+            logger.warning("experiment book not persisted (generation %d): %s", self.book.generation, e)
+            try:
+                _, self.etag = await asyncio.to_thread(self.registry.read_document, *DOCUMENT)
+            except RegistryError:
+                pass
+
+    def _log(self, event: dict) -> None:
+        logger.warning("experiment", extra={"experiment_event": event})
+
+    # ---- admin ------------------------------------------------------------------------------
+    def _running(self, model: str) -> Record:
+        record = self.book.current.get(model)
+        if record is None or not record.candidate_version:
+            raise LookupError(f"no experiment with a candidate runs for {model!r}")
+        if record.state in TERMINAL:
+            raise ValueError(f"the {model} experiment already ended: {record.state} ({record.reason})")
+        return record
+
+    def rollback(self, model: str, reason: str, actor: str) -> dict:
+        record = self._running(model)
+        event = self.decisions.end(record, "rolled_back", reason, actor)
+        self.metrics.rolled_back(model, "manual" if actor != "controller" else _trigger(reason))
+        self._log(event)
+        self.dirty = True
+        return event
+
+    def set_weight(self, model: str, weight: float, actor: str) -> dict:
+        event = self.decisions.set_weight(self._running(model), weight, actor)
+        self._log(event)
+        self.dirty = True
+        return event
+
+    async def promote(self, model: str, actor: str, reason: str = "promoted by an admin") -> dict:
+        record = self._running(model)
+        previous, _ = await asyncio.to_thread(self.registry.promote, model, "stable", record.candidate_version)
+        event = self.decisions.end(record, "promoted", f"{reason}; stable {previous} -> {record.candidate_version}",
+                                   actor)
+        self._log(event)
+        self.dirty = True
+        await self._persist()
+        return event
+
+    async def admin(self, action: str, model: str, actor: str, **arguments) -> dict:
+        """One entry point for the router's admin routes; decisions persist before answering."""
+        if action == "rollback":
+            event = self.rollback(model, arguments.get("reason") or f"rolled back by {actor}", actor)
+        elif action == "weight":
+            event = self.set_weight(model, arguments["weight"], actor)
+        elif action == "promote":
+            return await self.promote(model, actor)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        await self._persist()
+        return event
+
+    def view(self) -> dict:
+        """Every experiment with its variants' statistics over the rollback window."""
+        experiments = {}
+        for model, record in self.book.current.items():
+            spec = self.specs.get(model, (None,))[0]
+            window_s = spec.rollback.window_s if spec else 300.0
+            variants = {"stable": {"weight": round(1 - record.weight, 4)}}
+            if record.candidate_version:
+                variants["candidate"] = {"version": record.candidate_version, "weight": record.weight}
+            if record.shadow_version:
+                variants["shadow"] = {"version": record.shadow_version, "ready": record.shadow_ready}
+            for name, variant in variants.items():
+                variant.update(self.window.summary(record.experiment_id, name, window_s, record.started_at).as_dict())
+            experiments[model] = {**record.model_dump(include={"experiment_id", "state", "reason", "changed_at",
+                                                                "weight_source", "rollout_step"}),
+                                  "sticky_header": spec.sticky_header if spec else None, "window_s": window_s,
+                                  "variants": variants}
+        return {"generation": self.book.generation, "experiments": experiments, "events": self.book.events[-20:]}
+
+
+def _message(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    return getattr(cause, "message", None) or getattr(error, "message", None) or type(error).__name__
+
+
+def _trigger(reason: str) -> str:
+    for word, trigger in (("error rate", "errors"), ("latency", "latency"), ("drift", "drift"),
+                          ("health", "health")):
+        if word in reason:
+            return trigger
+    return "other"
+
+
+def controller_deployment():
+    return serve.deployment(ExperimentController).options(
+        name="ExperimentController", num_replicas=1, max_ongoing_requests=1000,
+        ray_actor_options={"num_cpus": 0.05})
