@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from serve_app.auth import hash_key
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
 local_cluster = importlib.util.module_from_spec(_spec)
@@ -18,12 +20,30 @@ SERVE_URL = local_cluster.SERVE_URL
 TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
 
 
-def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, **router_overrides) -> dict:
-    """serve_config.yaml pointed at a test registry, with test-sized windows."""
+ADMIN_KEY = "test-admin-key"  # its SHA-256 is what the application is given
+PREDICT_KEY = "test-predict-key"
+MODELS = ("keras_cnn", "xgboost", "random_forest")
+
+
+def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, experiments: bool = True,
+                      **router_overrides) -> dict:
+    """serve_config.yaml pointed at a test registry, with test-sized windows. With `experiments`,
+    variant deployments for xgboost (candidate and shadow) and random_forest (candidate), and no
+    experiment configured until a test applies one; without, no variant deployments at all."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
     app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir, "verify_key": verify_key}
+    app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,"
+                                                         f"app:{hash_key(PREDICT_KEY)}:predict")
+    if experiments:
+        app["args"]["experiment_pools"] = {"xgboost": {"candidate": True, "shadow": True},
+                                           "random_forest": {"candidate": True}}
+    else:
+        app["args"].pop("experiment_pools", None)
+        app["deployments"] = [d for d in app["deployments"] if d["name"] == "Router" or d["name"] in MODELS]
     for deployment in app["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["user_config"]["experiments"] = {}
         if deployment["name"] == "xgboost":  # two replicas: a dying one must not fail requests
             deployment["autoscaling_config"]["min_replicas"] = 2
         if deployment["name"] == "Router":

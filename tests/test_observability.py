@@ -140,7 +140,8 @@ def test_ray_dashboard_shows_the_application_running_and_healthy(serve_app):
     application = serve_app.serve_status()["applications"]["kepler"]
     assert application["status"] == "RUNNING"
     assert {name: d["status"] for name, d in application["deployments"].items()} == {
-        "Router": "HEALTHY", "keras_cnn": "HEALTHY", "xgboost": "HEALTHY", "random_forest": "HEALTHY"}
+        name: "HEALTHY" for name in ("Router", "keras_cnn", "xgboost", "random_forest", "ExperimentController",
+                                     "xgboost_candidate", "xgboost_shadow", "random_forest_candidate")}
 
 
 def _log_lines(directory: Path, pattern: str) -> list[dict]:

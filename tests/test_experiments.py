@@ -1,0 +1,331 @@
+"""A/B and canary experiments on the shared application: weighted and sticky splits, shadows,
+each automatic rollback trigger, the precedence of decisions, admin actions and a gradual rollout.
+
+Misbehaving candidates are real registered artifacts (tests/bad_models.py) or real faults (a
+candidate replica frozen with SIGSTOP); experiments are applied with `serve deploy` of the
+Router's user_config, in place, with test-sized windows."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import requests
+
+from .bad_models import GOOD_COPY, RAISING, SKEWED, SLOW_FOREST, publish_bad_versions
+from .helpers import publish_copy
+from .ray_cluster import ADMIN_KEY, PREDICT_KEY, SERVE_URL
+from .test_serving import as_json_row, held_out
+
+EXPERIMENTS = f"{SERVE_URL}/api/v1/experiments"
+PREDICT = f"{SERVE_URL}/api/v1/predict"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+FAULTY, FROZEN, ROLLOUT = "8.3.0", "8.4.0", "8.5.0"  # healthy copies, each its own experiment
+# Test-sized windows: triggers need 20 requests per variant and look back 20 s.
+RULES = {"window_s": 20, "min_samples": 20, "health_period_s": 1, "health_timeout_s": 1, "health_failures": 3}
+QUIET = {**RULES, "min_samples": 1_000_000}  # no trigger can fire
+
+
+class Lab:
+    def __init__(self, node):
+        self.node = node
+        self.rows = [as_json_row(r) for r in held_out(60)]
+
+    def apply(self, experiments: dict, router_replicas: int = 1) -> None:
+        config = copy.deepcopy(self.node.config)
+        for deployment in config["applications"][0]["deployments"]:
+            if deployment["name"] == "Router":
+                deployment["user_config"]["experiments"] = experiments
+                deployment["num_replicas"] = router_replicas
+        self.node.deploy(config)
+        self.node.wait_running()
+        self.experiments = experiments
+
+    def routers_agree(self, generation: int, timeout: float = 15) -> float:
+        """Seconds until two router replicas report `generation` (answers alternate between them)."""
+        started, routers = time.monotonic(), {}
+        while time.monotonic() - started < timeout:
+            view = self.view()
+            routers[view["router"]["replica"]] = view["router"]["generation"]
+            if len(routers) >= 2 and all(g >= generation for g in routers.values()):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise AssertionError(f"routers never agreed on generation {generation}: {routers}")
+
+    def view(self) -> dict:
+        response = requests.get(EXPERIMENTS, headers=ADMIN, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, model: str, states: tuple[str, ...], timeout: float = 60) -> dict:
+        """The experiment last applied for `model` (not an earlier one) in one of `states`."""
+        spec = self.experiments[model]
+        wanted = f"{model}:{spec['candidate']}" if spec.get("candidate") else f"{model}:shadow-{spec['shadow']}"
+        deadline, experiment = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            experiment = self.view()["experiments"].get(model)
+            if experiment and experiment["experiment_id"] == wanted and experiment["state"] in states:
+                return experiment
+            time.sleep(0.25)
+        raise AssertionError(f"{model} never reached {states}: {experiment}")
+
+    def serving(self, model: str, version: str, timeout: float = 20) -> None:
+        """Until this router has adopted the experiment: a candidate answer has been seen."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.get("variant") == "candidate" for _, r in self.send(model, 20)):
+                return
+        raise AssertionError(f"no candidate answer from {model} {version}")
+
+    def predict(self, model: str, i: int, headers: dict | None = None) -> tuple[int, dict]:
+        try:
+            response = requests.post(PREDICT, json={"features": self.rows[i % len(self.rows)], "model": model,
+                                                    "return_probabilities": True}, headers=headers, timeout=30)
+            return response.status_code, response.json()
+        except requests.RequestException as e:
+            return 0, {"error": str(e)}
+
+    def send(self, model: str, count: int, threads: int = 8, headers=None) -> list[tuple[int, dict]]:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(lambda i: self.predict(model, i, headers), range(count)))
+
+    @contextmanager
+    def load(self, model: str, threads: int = 4, seconds: float = 90):
+        """Closed-loop load in the background, bounded in time."""
+        results, stop = [], threading.Event()
+        deadline = time.monotonic() + seconds
+
+        def client(offset):
+            i = offset
+            while not stop.is_set() and time.monotonic() < deadline:
+                results.append(self.predict(model, i))
+                i += threads
+
+        workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        try:
+            yield results
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(40)
+
+    @contextmanager
+    def frozen(self, deployment: str):
+        """Every replica of a deployment stopped with SIGSTOP (alive, unresponsive), then resumed."""
+        pids = [r["pid"] for r in self.node.replicas(deployment)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield pids
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def lab(serve_app, trained_registry, tmp_path_factory):
+    publish_bad_versions(trained_registry)
+    for version in (FAULTY, FROZEN, ROLLOUT):
+        if not trained_registry.exists("xgboost", version):
+            publish_copy(trained_registry, "xgboost", "1.1.0", version, tmp_path_factory.mktemp("copies"))
+    lab = Lab(serve_app)
+    stable = trained_registry.aliases("xgboost")["stable"]
+    yield lab
+    trained_registry.set_alias("xgboost", "stable", stable)  # the promotion test moved it
+    lab.apply({})
+
+
+def binomial_interval(n: int, p: float, z: float = 3.29) -> tuple[float, float]:
+    """99.9% normal interval of a Binomial(n, p) count."""
+    half = z * math.sqrt(n * p * (1 - p))
+    return n * p - half, n * p + half
+
+
+def test_experiment_routes_need_the_admin_key(serve_app):
+    assert requests.get(EXPERIMENTS, timeout=10).status_code == 401
+    wrong = requests.get(EXPERIMENTS, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401 and "invalid" in wrong.json()["error"]
+    predict_only = requests.post(f"{EXPERIMENTS}/xgboost/rollback", headers={"X-API-Key": PREDICT_KEY}, timeout=10)
+    assert predict_only.status_code == 403 and "admin" in predict_only.json()["error"]
+    bad_weight = requests.put(f"{EXPERIMENTS}/xgboost/weight", json={"weight": 1.5}, headers=ADMIN, timeout=10)
+    assert bad_weight.status_code == 422 and "weight" in bad_weight.json()["error"]
+
+
+def test_a_candidate_that_cannot_load_fails_the_experiment(lab):
+    """RAISING expects 10 features: its warm-up prediction fails, so it never takes traffic."""
+    lab.apply({"xgboost": {"candidate": RAISING, "weight": 0.5, "rollback": RULES}})
+    experiment = lab.wait_for("xgboost", ("failed",))
+    assert "cannot load" in experiment["reason"] and "Feature shape mismatch" in experiment["reason"]
+    answers = lab.send("xgboost", 50)
+    assert all(status == 200 and body["version"] != RAISING for status, body in answers), answers[:3]
+
+
+def test_weighted_split_stickiness_shadow_and_admin_weight(lab):
+    lab.apply({"xgboost": {"candidate": GOOD_COPY, "weight": 0.3, "sticky_header": "x-client-id",
+                           "shadow": "1.1.0", "rollback": QUIET}})
+    lab.wait_for("xgboost", ("running",))
+    lab.serving("xgboost", GOOD_COPY)
+    answers = lab.send("xgboost", 2000)
+    assert all(status == 200 for status, _ in answers)
+    variants = Counter(body["variant"] for _, body in answers)
+    low, high = binomial_interval(2000, 0.3)
+    print(f"\nsplit at weight 0.3: {variants['candidate']} of 2000 to the candidate (99.9% interval "
+          f"{low:.0f}-{high:.0f})")
+    assert low <= variants["candidate"] <= high, variants
+    assert {body["version"] for _, body in answers if body["variant"] == "candidate"} == {GOOD_COPY}
+
+    # Sticky: each of 100 clients keeps its variant.
+    seen: dict[str, set] = {}
+    for round_ in range(3):
+        for client in range(100):
+            status, body = lab.predict("xgboost", client, {"X-Client-Id": f"client-{client}"})
+            assert status == 200
+            seen.setdefault(f"client-{client}", set()).add(body["variant"])
+    assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}
+    on_candidate = sum(v == {"candidate"} for v in seen.values())
+    assert 0 < on_candidate < 100
+
+    # The shadow answered copies and agreed with what was served; it changed no response.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shadow = lab.view()["experiments"]["xgboost"]["variants"]["shadow"]
+        if shadow.get("compared", 0) >= 500:
+            break
+        time.sleep(0.5)
+    print(f"shadow: {shadow['compared']} copies compared, agreement {shadow['agreement_rate']}, "
+          f"{shadow['dropped']} dropped")
+    assert shadow["compared"] >= 500 and shadow["agreement_rate"] > 0.8
+
+    # An admin weight of 0 holds, without a restart.
+    response = requests.put(f"{EXPERIMENTS}/xgboost/weight", json={"weight": 0}, headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+    time.sleep(2.5)  # the router's next sync (1 s) has certainly happened: now no candidate answers
+    assert {body["variant"] for _, body in lab.send("xgboost", 100)} == {"stable"}
+    assert lab.view()["experiments"]["xgboost"]["weight_source"] == "admin"
+
+
+def test_a_failing_shadow_never_fails_or_changes_a_response(lab):
+    lab.apply({"xgboost": {"shadow": "1.1.0", "shadow_queue": 8, "rollback": QUIET}})
+    lab.wait_for("xgboost", ("running",))
+    pinned = {i: lab.predict("xgboost", i, None) for i in range(20)}  # answers before any shadow failure
+    with lab.frozen("xgboost_shadow"):
+        answers = [lab.predict("xgboost", i) for i in range(200)]
+        view = lab.view()["experiments"]["xgboost"]["variants"]["shadow"]
+    assert all(status == 200 for status, _ in answers)
+    for i, (_, body) in enumerate(answers[:20]):
+        assert body["probabilities"] == pinned[i][1]["probabilities"] and body["version"] == pinned[i][1]["version"]
+    print(f"\nfrozen shadow: 200 responses all 200, {view.get('dropped', 0)} copies dropped")
+    assert view.get("dropped", 0) > 0  # the bounded queue filled and shed copies instead of waiting
+
+
+def _rolls_back_within_window(lab, model: str, experiment: dict, trigger: str, load_threads: int = 4):
+    lab.apply({model: experiment})
+    running = lab.wait_for(model, ("running",))
+    started = time.monotonic()
+    with lab.load(model, threads=load_threads, seconds=RULES["window_s"] + 30) as results:
+        rolled = lab.wait_for(model, ("rolled_back",), timeout=RULES["window_s"] + 30)
+    took = time.monotonic() - started
+    print(f"\n{trigger}: rolled back {took:.1f} s after the candidate started taking traffic: {rolled['reason']}")
+    assert trigger in rolled["reason"], rolled
+    assert took <= RULES["window_s"] + 5, took
+    assert running["experiment_id"] == rolled["experiment_id"]
+    return results
+
+
+def test_error_rate_rollback_counts_requests_the_breaker_turned_away(lab):
+    """The candidate frozen (health checks off): its calls time out, its breaker opens, and every
+    request it would have taken is answered by the stable variant and counted against it."""
+    rules = {**RULES, "health_failures": 10_000}
+    lab.apply({"xgboost": {"candidate": FAULTY, "weight": 0.5, "rollback": rules}}, router_replicas=2)
+    lab.wait_for("xgboost", ("running",))
+    with lab.frozen("xgboost_candidate"):
+        started = time.monotonic()
+        with lab.load("xgboost", threads=4, seconds=50) as results:
+            rolled = lab.wait_for("xgboost", ("rolled_back",), timeout=50)
+            took = time.monotonic() - started
+            agreed = lab.routers_agree(lab.view()["generation"])
+    print(f"\nerror rate: rolled back after {took:.1f} s: {rolled['reason']}; "
+          f"{len(results)} requests, {sum(s != 200 for s, _ in results)} failed; "
+          f"both routers on the rollback's generation {agreed:.1f} s later")
+    assert "error rate" in rolled["reason"]
+    assert took <= RULES["window_s"] + 5
+    assert results and all(status == 200 for status, _ in results)
+    assert agreed <= 5
+
+
+def test_a_rollback_holds_across_reapply_and_router_restart(lab):
+    """After the error-rate rollback above: the same config applied again, then a router killed."""
+    assert lab.view()["experiments"]["xgboost"]["state"] == "rolled_back"
+    lab.apply(lab.experiments, router_replicas=2)
+    victim = lab.node.replicas("Router")[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    answers = lab.send("xgboost", 200)
+    lab.node.wait_running()
+    lab.routers_agree(lab.view()["generation"])  # the restarted router has read the book
+    answers += lab.send("xgboost", 100)
+    assert lab.view()["experiments"]["xgboost"]["state"] == "rolled_back"
+    assert all(body.get("variant") != "candidate" for _, body in answers)
+    assert sum(status == 200 for status, _ in answers) >= len(answers) - 5  # requests on the killed router
+
+
+def test_drift_rolls_back(lab):
+    results = _rolls_back_within_window(
+        lab, "xgboost", {"candidate": SKEWED, "weight": 0.5, "rollback": RULES}, "drift")
+    assert all(status == 200 for status, _ in results)
+
+
+def test_latency_rolls_back_and_a_slow_candidate_never_stalls_the_stable_variant(lab):
+    results = _rolls_back_within_window(
+        lab, "random_forest", {"candidate": SLOW_FOREST, "weight": 0.1, "rollback": RULES}, "latency")
+    stable = [body for status, body in results if body.get("variant") == "stable"]
+    assert results and all(status == 200 for status, _ in results)
+    assert stable and all(body["version"] != SLOW_FOREST for body in stable)
+    latencies = [body["latency_ms"] for body in stable]
+    print(f"stable variant beside a slow candidate: {len(stable)} requests, p50 {np.percentile(latencies, 50):.1f} ms")
+
+
+def test_failed_health_checks_roll_back(lab):
+    lab.apply({"xgboost": {"candidate": FROZEN, "weight": 0.2, "rollback": RULES}})
+    lab.wait_for("xgboost", ("running",))
+    with lab.frozen("xgboost_candidate"):
+        started = time.monotonic()
+        rolled = lab.wait_for("xgboost", ("rolled_back",), timeout=30)
+        took = time.monotonic() - started
+    print(f"\nhealth: rolled back {took:.1f} s after the candidate froze: {rolled['reason']}")
+    assert "health checks" in rolled["reason"] and took <= 3 * RULES["health_period_s"] + 5
+
+
+def test_gradual_rollout_then_promotion_moves_the_stable_alias(lab, trained_registry):
+    rollout = {"steps": [0.2, 0.5, 1.0], "step_window_s": 3, "promote_at_end": False}
+    lab.apply({"xgboost": {"candidate": ROLLOUT, "rollout": rollout, "rollback": {**RULES, "min_samples": 10}}})
+    lab.wait_for("xgboost", ("running",))
+    deadline, weights = time.monotonic() + 60, []
+    with lab.load("xgboost", threads=4, seconds=60):
+        while time.monotonic() < deadline:
+            experiment = lab.view()["experiments"]["xgboost"]
+            weights.append(experiment["variants"]["candidate"]["weight"])
+            if weights[-1] == 1.0 or experiment["state"] != "running":
+                break
+            time.sleep(0.5)
+    steps = sorted(set(weights))
+    print(f"\nrollout: weights seen {steps}, state {experiment['state']}")
+    assert experiment["state"] == "running" and steps == [0.2, 0.5, 1.0], (steps, experiment)
+
+    response = requests.post(f"{EXPERIMENTS}/xgboost/promote", headers=ADMIN, timeout=60)
+    assert response.status_code == 200, response.text
+    assert trained_registry.aliases("xgboost")["stable"] == ROLLOUT
+    assert lab.view()["experiments"]["xgboost"]["state"] == "promoted"
+    deadline, versions = time.monotonic() + 15, set()
+    while time.monotonic() < deadline and versions != {ROLLOUT}:
+        versions = {body["version"] for _, body in lab.send("xgboost", 20)}
+    assert versions == {ROLLOUT}  # default requests follow the moved alias, no redeploy
