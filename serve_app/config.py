@@ -119,6 +119,12 @@ class PoolSettings(_Strict):
     shadow: bool = False
 
 
+class AuthSettings(_Strict):
+    enabled: bool = Field(True, description="require a `predict` credential for predictions, listings and docs "
+                                            "(admin routes always require `admin`)")
+    requests_per_minute: float = Field(100.0, gt=0, description="per credential, across all router replicas")
+
+
 class RouterSettings(_Strict):
     """The router's user_config: changed by `serve deploy` without a restart."""
 
@@ -130,6 +136,7 @@ class RouterSettings(_Strict):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict, description="per model")
     sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("experiments")
     @classmethod

@@ -21,15 +21,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from registry import InvalidName, NotFound
 from runtimes.schema import LABELS, input_schema, output_schema
 
 from . import traffic, v2
+from .access import AccessControl
 from .aliases import AliasResolver
-from .auth import AuthError, Authenticator
+from .auth import Authenticator
 from .breaker import CircuitBreaker
 from .config import AppArgs, RouterSettings
 from .ensemble import soft_vote
@@ -44,8 +45,7 @@ logger = logging.getLogger("ray.serve")
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
 _ERRORS = {422: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 _V2_ERRORS = {400: {"model": ErrorResponse, "description": "invalid request"}}
-_ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+_ADMIN_ERRORS = {status: {"model": ErrorResponse} for status in (401, 403, 404, 409, 422, 503)}
 
 app = FastAPI(title="kepler-serve", version="0.1.0", docs_url=None, redoc_url=None,
               description="Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE.")
@@ -113,6 +113,7 @@ class V2JsonBodies:
 
 app.add_middleware(V2JsonBodies)
 app.add_middleware(BodyLimit)
+app.add_middleware(AccessControl)  # outermost: nothing is read before the caller is known
 
 
 class BreakerOpen(ServingError):
@@ -121,6 +122,20 @@ class BreakerOpen(ServingError):
 
 class Conflict(ServingError):
     status_code = 409
+
+
+class Overloaded(ServingError):
+    status_code = 503
+
+
+def _router_replicas(known: int) -> int:
+    """How many router replicas share the rate limits (asked of Serve off the request path)."""
+    try:
+        context = serve.get_replica_context()
+        status = serve.status().applications[context.app_name].deployments[context.deployment]
+        return max(1, status.replica_states.get("RUNNING", known))
+    except Exception:  # noqa: BLE001 - keep the last count
+        return known
 
 
 def _replica_id() -> str:
@@ -216,7 +231,7 @@ class Router:
         self.pools = pools or {}  # "<model>_candidate" / "<model>_shadow" -> handle
         self.handles = {**models, **self.pools}
         self.controller = controller
-        self.auth = Authenticator.from_env()
+        self.auth = AccessControl.auth = Authenticator.from_env()
         self.traffic = Traffic()
         self._syncing: asyncio.Task | None = None
         self.registry = self.args.registry.config().open()
@@ -241,6 +256,11 @@ class Router:
     def reconfigure(self, user_config: dict) -> None:
         self.settings = RouterSettings(**(user_config or {}))
         BodyLimit.limit = self.settings.max_body_bytes  # one router per replica process
+        AccessControl.enabled = self.settings.auth.enabled
+        AccessControl.requests_per_minute = self.settings.auth.requests_per_minute
+        if not self.settings.auth.enabled:
+            logger.warning("AUTHENTICATION IS OFF: predictions, listings and docs are open to anyone who can "
+                           "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
         self.aliases.ttl_s = self.settings.alias_cache_s
         for breaker in self.breakers.values():
             breaker.failure_threshold = self.settings.breaker.failure_threshold
@@ -255,11 +275,18 @@ class Router:
 
     # ---- the experiment book, kept fresh off the request path --------------------------------
     def _ensure_syncing(self) -> None:
-        if self.controller is not None and (self._syncing is None or self._syncing.done()):
+        if self._syncing is None or self._syncing.done():
             self._syncing = asyncio.ensure_future(self._sync_forever())
 
     async def _sync_forever(self) -> None:
+        counted = 0.0
         while True:
+            if time.monotonic() - counted > 2:
+                counted = time.monotonic()
+                AccessControl.replicas = await asyncio.to_thread(_router_replicas, AccessControl.replicas)
+            if self.controller is None:
+                await asyncio.sleep(self.settings.sync_period_s)
+                continue
             drained = self.traffic.recorder.drain()
             specs = {m: s.model_dump() for m, s in self.settings.experiments.items()}
             try:
@@ -338,6 +365,8 @@ class Router:
             except ServingError as e:  # this request's own problem (unknown or unloadable version)
                 cause = getattr(e, "cause", None)  # Ray wraps replica exceptions in RayTaskError
                 raise (cause if isinstance(cause, ServingError) else e) from None
+            except BackPressureError:  # the model's queue is full: shed load, and it is not a model failure
+                raise Overloaded(f"{name} is overloaded: its request queue is full") from None
             except _REPLICA_GONE:
                 if attempt == 1:  # idempotent: try another replica once
                     logger.warning("%s replica died under a request; retrying once", name)
@@ -467,7 +496,7 @@ class Router:
             retry = min(b.retry_after_s() for b in self.breakers.values() if b.opened_at) if any(
                 b.opened_at for b in self.breakers.values()) else 1
             return _error(503, e.message, {"Retry-After": str(retry)})
-        except ModelUnavailable as e:
+        except (ModelUnavailable, Overloaded) as e:
             return _error(503, e.message, {"Retry-After": "1"})
         except ServingError as e:
             return _error(e.status_code, e.message)
@@ -588,9 +617,6 @@ class Router:
                                    swagger_favicon_url="/docs-assets/favicon.png")
 
     # ---- experiments -----------------------------------------------------------------------
-    def _admin(self, http: Request) -> str:
-        return self.auth.authorize(http.headers, "admin")
-
     async def _ask_controller(self, method: str, *args, **kwargs):
         if self.controller is None:
             raise NotFoundError("experiments are not enabled in this application")
@@ -609,24 +635,18 @@ class Router:
             raise ModelUnavailable(f"experiment controller unavailable: {type(e).__name__}") from None
 
     @app.get("/api/v1/experiments", responses=_ADMIN_ERRORS)
-    async def experiments(self, http: Request):
+    async def experiments(self):
         """Every experiment: variants, weights, request counts, error rate, p50/p95 latency, predicted
         classes, the shadow's agreement with the primary, and the state with its reason and time."""
-        try:
-            self._admin(http)
-        except AuthError as e:
-            return _error(e.status, e.message)
         self._ensure_syncing()
         view = await self._guarded(self._ask_controller("view"))
         if isinstance(view, JSONResponse):
             return view
-        return {**view, "router": {"replica": _replica_id(), "generation": self.traffic.generation}}
+        return {**view, "router": {"replica": _replica_id(), "generation": self.traffic.generation,
+                                   "replicas_sharing_rate_limits": AccessControl.replicas}}
 
     async def _admin_action(self, http: Request, action: str, model: str, **arguments):
-        try:
-            actor = self._admin(http)
-        except AuthError as e:
-            return _error(e.status, e.message)
+        actor = http.state.principal.name  # AccessControl let only an admin through
         if model not in self.models:
             return _error(404, f"unknown model {model!r}: expected one of {', '.join(self.models)}")
         return await self._guarded(self._ask_controller("admin", action, model, actor, **arguments))
@@ -710,7 +730,7 @@ class Router:
             probabilities, model, served, *_ = await self._serve("v2_infer", name, version, rows)
         except v2.V2Error as e:
             return _error(400, str(e))
-        except BreakerOpen as e:
+        except (BreakerOpen, Overloaded) as e:
             return _error(503, e.message, {"Retry-After": "1"})
         except ServingError as e:
             return _error(400 if e.status_code < 500 else e.status_code, e.message)

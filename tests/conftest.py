@@ -116,6 +116,32 @@ def publisher_keys(tmp_path_factory) -> dict[str, Path]:
     return {"private": root / "publisher.pem", "public": root / "publisher.pub"}
 
 
+class JwtIssuer:
+    """Signs test tokens with an Ed25519 key whose public half the application trusts."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self.key = Ed25519PrivateKey.generate()
+        self.public_pem = self.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def token(self, key=None, alg: str = "EdDSA", **claims) -> str:
+        import base64
+        import json
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        signing_input = f"{b64(json.dumps({'alg': alg, 'typ': 'JWT'}).encode())}.{b64(json.dumps(claims).encode())}"
+        return f"{signing_input}.{b64((key or self.key).sign(signing_input.encode()))}"
+
+
+@pytest.fixture(scope="session")
+def jwt_issuer() -> JwtIssuer:
+    return JwtIssuer()
+
+
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
     """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data and signed, once."""
@@ -138,14 +164,14 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
 
 
 @pytest.fixture(scope="session")
-def serve_app(trained_registry, publisher_keys, tmp_path_factory):
+def serve_app(trained_registry, publisher_keys, jwt_issuer, tmp_path_factory):
     """One real Ray node running the Serve application from serve_config.yaml, for the session."""
     from .ray_cluster import single_node, serve_test_config
 
     node = single_node()
     try:
         config = serve_test_config(str(trained_registry.store.root), str(tmp_path_factory.mktemp("serve-cache")),
-                             verify_key=str(publisher_keys["public"]))
+                                   verify_key=str(publisher_keys["public"]), jwt_public_key=jwt_issuer.public_pem)
         node.deploy(config)
         node.wait_running()
         node.config = config

@@ -22,19 +22,24 @@ TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
 
 ADMIN_KEY = "test-admin-key"  # its SHA-256 is what the application is given
 PREDICT_KEY = "test-predict-key"
+LIMITED_KEY, LIMITED_RPM = "test-limited-key", 20  # a predict key with its own rate limit
+JWT_AUDIENCE = "kepler-serve"
 MODELS = ("keras_cnn", "xgboost", "random_forest")
 
 
 def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None = None, experiments: bool = True,
-                      **router_overrides) -> dict:
+                      jwt_public_key: str | None = None, **router_overrides) -> dict:
     """serve_config.yaml pointed at a test registry, with test-sized windows. With `experiments`,
     variant deployments for xgboost (candidate and shadow) and random_forest (candidate), and no
     experiment configured until a test applies one; without, no variant deployments at all."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
     app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir, "verify_key": verify_key}
-    app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,"
-                                                         f"app:{hash_key(PREDICT_KEY)}:predict")
+    env = app["runtime_env"]["env_vars"]
+    env["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,app:{hash_key(PREDICT_KEY)}:predict,"
+                              f"limited:{hash_key(LIMITED_KEY)}:predict:{LIMITED_RPM}")
+    if jwt_public_key:
+        env.update(KEPLER_JWT_PUBLIC_KEY=jwt_public_key, KEPLER_JWT_AUDIENCE=JWT_AUDIENCE)
     if experiments:
         app["args"]["experiment_pools"] = {"xgboost": {"candidate": True, "shadow": True},
                                            "random_forest": {"candidate": True}}

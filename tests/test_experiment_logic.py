@@ -1,4 +1,4 @@
-"""The Ray-free parts of experiments: statistics, triggers, decisions, assignment and API keys."""
+"""The Ray-free parts of experiments: statistics, triggers, decisions and assignment."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from serve_app.auth import AuthError, Authenticator, hash_key, parse_keys
 from serve_app.config import ExperimentSettings, RollbackSettings
 from serve_app.experiments import Book, Decisions
 from serve_app.rollback import kl_divergence, tripped
@@ -129,18 +128,3 @@ def test_a_router_sends_nothing_to_a_candidate_the_book_does_not_run():
     assert traffic.route("xgboost", {}).variant == "candidate"
     traffic.adopt({"generation": 4, "experiments": {"xgboost": {**record, "state": "rolled_back", "weight": 0}}})
     assert traffic.route("xgboost", {}) is None
-
-
-def test_api_keys_are_configured_as_hashes_with_scopes():
-    auth = Authenticator(parse_keys(f"ops:{hash_key('s3cret')}:admin+predict, app:{hash_key('k2')}:predict"))
-    assert auth.authorize({"authorization": "Bearer s3cret"}, "admin") == "ops"
-    assert auth.authorize({"x-api-key": "k2"}, "predict") == "app"
-    for headers, status in (({}, 401), ({"x-api-key": "wrong"}, 401), ({"x-api-key": "k2"}, 403)):
-        with pytest.raises(AuthError) as error:
-            auth.authorize(headers, "admin")
-        assert error.value.status == status
-    with pytest.raises(ValueError, match="entry 0"):
-        parse_keys("ops:plaintext-key:admin")
-    with pytest.raises(AuthError) as error:
-        Authenticator({}).authorize({"x-api-key": "anything"}, "admin")
-    assert error.value.status == 403 and "KEPLER_API_KEYS" in error.value.message

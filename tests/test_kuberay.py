@@ -65,7 +65,7 @@ def test_manifest_is_valid_against_its_crd(file_name, crd):
 def test_serve_config_v2_is_a_valid_serve_deploy_config():
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.config import AppArgs
+    from serve_app.config import AppArgs, RouterSettings
 
     config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema(**config)
@@ -78,6 +78,10 @@ def test_serve_config_v2_is_a_valid_serve_deploy_config():
         assert (scaling["min_replicas"], scaling["max_replicas"]) == (3, 10)
         assert deployments[name]["max_replicas_per_node"] == 1
         assert deployments[name]["max_ongoing_requests"] >= deployments[name]["user_config"]["max_batch_size"]
+        assert deployments[name]["max_queued_requests"] > 0  # overload is a fast 503, not a timeout
+    router = RouterSettings(**deployments["Router"]["user_config"])
+    assert router.auth.enabled, "a cluster serves with authentication on"
+    assert set(deployments) >= set(args.pool_names())  # every variant deployment is sized
 
 
 def test_cluster_settings_and_no_credentials_in_manifests():
@@ -91,6 +95,7 @@ def test_cluster_settings_and_no_credentials_in_manifests():
             container = group["template"]["spec"]["containers"][0]
             assert container["resources"]["requests"] and container["resources"]["limits"]
             assert {"secretRef": {"name": "kepler-registry-s3"}} in container["envFrom"]
+            assert {"secretRef": {"name": "kepler-api-keys"}} in container["envFrom"]  # hashes, from a Secret
     text = "".join((KUBERAY / f).read_text() for f in ("rayservice.yaml", "raycluster.yaml", "network.yaml"))
     assert not re.search(r"(?i)(aws_secret_access_key|password|BEGIN [A-Z ]*PRIVATE KEY)\s*[:=]", text)
 

@@ -1,0 +1,61 @@
+"""schemathesis against the application's own OpenAPI schema: every /api/v1 and /v2 operation, a
+bounded number of generated requests each, valid and invalid, on the shared application. No 5xx,
+every status and body as the schema declares (V2's 400s included), every deployment healthy
+afterwards."""
+from __future__ import annotations
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from serve_app.router import app
+
+from .ray_cluster import SERVE_URL
+
+EXAMPLES = 25  # per operation and mode: about 750 requests in all
+ROUTES = r"^/(api/v1|v2)"
+SCHEMA = schemathesis.openapi.from_dict(app.openapi()).include(path_regex=ROUTES)
+OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+
+
+def test_the_served_schema_is_the_one_fuzzed(serve_app):
+    assert requests.get(f"{SERVE_URL}/openapi.json", timeout=30).json() == app.openapi()
+
+
+def _takes_input(operation) -> bool:
+    return bool(list(operation.iter_parameters())) or bool(list(operation.body))
+
+
+CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + [
+    (label, GenerationMode.NEGATIVE) for label in sorted(OPERATIONS) if _takes_input(OPERATIONS[label])]
+
+
+@pytest.mark.parametrize("label, mode", CASES, ids=[f"{label} {mode.value}" for label, mode in CASES])
+def test_generated_requests(serve_app, label, mode):
+    operation = OPERATIONS[label]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call(base_url=SERVE_URL, timeout=60)
+        case.validate_response(response, checks=CHECKS)
+
+    try:
+        run()
+    except Unsatisfiable:  # every string is a valid path segment: nothing invalid to generate
+        assert mode is GenerationMode.NEGATIVE and not list(operation.body)
+        pytest.skip("no invalid input exists for this operation's parameters")
+
+
+def test_every_deployment_healthy_after_fuzzing(serve_app):
+    health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=30).json()
+    assert health["status"] == "healthy", health
+    deployments = serve_app.serve_status()["applications"]["kepler"]["deployments"]
+    assert all(d["status"] == "HEALTHY" for d in deployments.values()), deployments

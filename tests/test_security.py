@@ -1,0 +1,181 @@
+"""Authentication, scopes, rate limits, back-pressure and hostile inputs, on the shared application
+with authentication switched on in place (a `serve deploy` of the Router's user_config)."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .ray_cluster import ADMIN_KEY, JWT_AUDIENCE, LIMITED_KEY, LIMITED_RPM, PREDICT_KEY, SERVE_URL
+from .test_serving import _row
+
+ROW = {"features": _row(), "model": "xgboost"}
+V2_BODY = {"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP32", "data": [1.0] * 36}]}
+KEYED = {"X-API-Key": PREDICT_KEY}
+
+
+def _with_router(node, **changes) -> dict:
+    config = copy.deepcopy(node.config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["user_config"].update(changes)
+    return config
+
+
+def _until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(scope="module")
+def secured(serve_app):
+    serve_app.deploy(_with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000}))
+    serve_app.wait_running()
+    _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 401)
+    yield serve_app
+    serve_app.deploy(serve_app.config)
+    serve_app.wait_running()
+    _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 200)
+
+
+PREDICT_ROUTES = [
+    ("POST", "/api/v1/predict", ROW),
+    ("POST", "/api/v1/predict/batch", {"instances": [_row()], "model": "xgboost"}),
+    ("POST", "/v2/models/xgboost/infer", V2_BODY),
+    ("GET", "/api/v1/models", None),
+    ("GET", "/api/v1/models/xgboost/info", None),
+    ("GET", "/api/v1/schema", None),
+    ("GET", "/docs", None),
+    ("GET", "/openapi.json", None),
+    ("GET", "/v2", None),
+    ("GET", "/v2/models/xgboost", None),
+]
+OPEN_ROUTES = ["/api/v1/health", "/v2/health/live", "/v2/health/ready", "/v2/models/xgboost/ready", "/metrics"]
+
+
+def _call(method: str, path: str, body, headers=None) -> requests.Response:
+    return requests.request(method, f"{SERVE_URL}{path}", json=body, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("method, path, body", PREDICT_ROUTES, ids=[p for _, p, _ in PREDICT_ROUTES])
+def test_predict_scope_routes(secured, method, path, body):
+    missing = _call(method, path, body)
+    assert missing.status_code == 401 and "credential" in missing.json()["error"]
+    assert missing.headers.get("WWW-Authenticate") == "Bearer"
+    assert _call(method, path, body, {"X-API-Key": "not-a-key"}).status_code == 401
+    assert _call(method, path, body, KEYED).status_code == 200
+    assert _call(method, path, body, {"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+
+
+def test_probes_and_scrapes_stay_open_and_admin_needs_admin(secured):
+    for path in OPEN_ROUTES:
+        assert requests.get(f"{SERVE_URL}{path}", timeout=30).status_code in (200, 503), path
+    experiments = f"{SERVE_URL}/api/v1/experiments"
+    assert requests.get(experiments, timeout=10).status_code == 401
+    refused = requests.get(experiments, headers=KEYED, timeout=10)
+    assert refused.status_code == 403 and "admin" in refused.json()["error"]
+    assert requests.get(experiments, headers={"X-API-Key": ADMIN_KEY}, timeout=10).status_code == 200
+
+
+def test_jwt_bearer_tokens_carry_scopes_and_are_checked(secured, jwt_issuer):
+    now = time.time()
+    good = {"sub": "pipeline", "aud": JWT_AUDIENCE, "exp": now + 300, "scope": "predict"}
+
+    def status(token: str) -> int:
+        return _call("POST", "/api/v1/predict", ROW, {"Authorization": f"Bearer {token}"}).status_code
+
+    assert status(jwt_issuer.token(**good)) == 200
+    assert status(jwt_issuer.token(**{**good, "exp": now - 120})) == 401  # expired
+    assert status(jwt_issuer.token(**{**good, "aud": "someone-else"})) == 401
+    assert status(jwt_issuer.token(key=Ed25519PrivateKey.generate(), **good)) == 401  # another issuer
+    assert status(jwt_issuer.token(alg="none", **good)) == 401
+    assert status(jwt_issuer.token(**{**good, "scope": "profile"})) == 403
+    admin = jwt_issuer.token(**{**good, "scope": "predict admin"})
+    assert requests.get(f"{SERVE_URL}/api/v1/experiments", headers={"Authorization": f"Bearer {admin}"},
+                        timeout=10).status_code == 200
+
+
+def _sharing_rate_limits() -> int:
+    view = requests.get(f"{SERVE_URL}/api/v1/experiments", headers={"X-API-Key": ADMIN_KEY}, timeout=10).json()
+    return view["router"]["replicas_sharing_rate_limits"]
+
+
+def test_rate_limit_per_credential_then_recovery(secured):
+    _until(lambda: _sharing_rate_limits() == 1)  # one router: it enforces the whole limit
+    headers = {"X-API-Key": LIMITED_KEY}
+    statuses, retry_after = [], None
+    for _ in range(LIMITED_RPM + 10):
+        response = _call("POST", "/api/v1/predict", ROW, headers)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            retry_after = int(response.headers["Retry-After"])
+            assert "rate limit" in response.json()["error"]
+    print(f"\nrate limit {LIMITED_RPM}/min: {statuses.count(200)} served, {statuses.count(429)} refused, "
+          f"Retry-After {retry_after} s")
+    assert set(statuses) == {200, 429} and LIMITED_RPM - 2 <= statuses.count(200) <= LIMITED_RPM + 2
+    assert _call("POST", "/api/v1/predict", ROW, KEYED).status_code == 200  # other credentials unaffected
+    time.sleep(retry_after)
+    assert _call("POST", "/api/v1/predict", ROW, headers).status_code == 200
+
+
+def test_overload_is_a_fast_503_then_service_recovers(serve_app):
+    """xgboost squeezed to one request at a time and one queued: a burst gets 503 + Retry-After
+    from the router (Serve's back-pressure), never a 500 or a timeout; then everything is served."""
+    squeezed = copy.deepcopy(serve_app.config)
+    for deployment in squeezed["applications"][0]["deployments"]:
+        if deployment["name"] == "xgboost":
+            deployment.update(max_ongoing_requests=1, max_queued_requests=1)
+            deployment["user_config"]["batch_wait_timeout_s"] = 0.05
+    serve_app.deploy(squeezed)
+    serve_app.wait_running()
+    try:
+        def one(_):
+            started = time.monotonic()
+            response = requests.post(f"{SERVE_URL}/api/v1/predict", json=ROW, timeout=30)
+            return response.status_code, response.headers.get("Retry-After"), time.monotonic() - started, response.text
+
+        with ThreadPoolExecutor(32) as pool:
+            burst = list(pool.map(one, range(160)))
+    finally:
+        serve_app.deploy(serve_app.config)
+        serve_app.wait_running()
+    shed = [r for r in burst if r[0] == 503]
+    print(f"\noverload: {len(burst)} requests, {len(shed)} shed with 503, slowest 503 {max(r[2] for r in shed):.2f} s")
+    assert {status for status, *_ in burst} <= {200, 503}, [r for r in burst if r[0] not in (200, 503)][:2]
+    assert shed and all(retry == "1" and "overloaded" in text for _, retry, _, text in shed)
+    recovered = [requests.post(f"{SERVE_URL}/api/v1/predict", json=ROW, timeout=30).status_code for _ in range(20)]
+    assert recovered == [200] * 20
+
+
+HOSTILE = [
+    ("deeply nested JSON", b'{"features": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json"),
+    ("text/plain", json.dumps(ROW).encode(), "text/plain"),
+    ("form data", b"features=1&model=xgboost", "application/x-www-form-urlencoded"),
+    ("no content type", json.dumps(ROW).encode(), None),
+    ("invalid UTF-8 in a string", b'{"features": [1.0], "model": "\xc3\x28"}', "application/json"),
+    ("a 50 MB body", b'{"features": [' + b"1.0," * 12_500_000 + b"1.0]}", "application/json"),
+]
+
+
+@pytest.mark.parametrize("body, content_type", [(b, c) for _, b, c in HOSTILE], ids=[n for n, *_ in HOSTILE])
+def test_hostile_inputs_get_4xx(serve_app, body, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = requests.post(f"{SERVE_URL}/api/v1/predict", data=body, headers=headers, timeout=60)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:200])
+    assert response.json()["error"]
+    assert requests.get(f"{SERVE_URL}/api/v1/health", timeout=10).json()["status"] == "healthy"
+
+
+def test_a_thousand_row_batch_is_served(serve_app):
+    response = requests.post(f"{SERVE_URL}/api/v1/predict/batch", json={"instances": [_row()] * 1000,
+                                                                         "model": "xgboost"}, timeout=60)
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1000
