@@ -20,6 +20,8 @@ echo "==> bootstrapping the model registry (${KEPLER_REGISTRY_URI:-~/.kepler-ser
 if [ "${1:-}" = "--no-serve" ]; then exit 0; fi
 
 echo "==> serving on http://127.0.0.1:8000 (docs: http://127.0.0.1:8000/docs)"
+echo "WARNING: authentication is off in serve_config.yaml (Router user_config auth.enabled: false):"
+echo "         anyone who can reach 127.0.0.1:8000 may predict. See the README's Security section."
 # A single local node: Ray's token authentication is for clusters (see the README).
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 exec .venv/bin/serve run serve_config.yaml

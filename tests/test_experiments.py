@@ -7,6 +7,7 @@ Router's user_config, in place, with test-sized windows."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import signal
@@ -217,6 +218,14 @@ def test_weighted_split_stickiness_shadow_and_admin_weight(lab):
     assert {body["variant"] for _, body in lab.send("xgboost", 100)} == {"stable"}
     assert lab.view()["experiments"]["xgboost"]["weight_source"] == "admin"
 
+    # A manual rollback ends it for good; a second one is a conflict.
+    response = requests.post(f"{EXPERIMENTS}/xgboost/rollback", json={"reason": "looked wrong"}, headers=ADMIN,
+                             timeout=30)
+    assert response.status_code == 200 and response.json()["state"] == "rolled_back", response.text
+    again = requests.post(f"{EXPERIMENTS}/xgboost/rollback", headers=ADMIN, timeout=30)
+    assert again.status_code == 409 and "already ended" in again.json()["error"]
+    assert lab.view()["experiments"]["xgboost"]["reason"] == "looked wrong"
+
 
 def test_a_failing_shadow_never_fails_or_changes_a_response(lab):
     lab.apply({"xgboost": {"shadow": "1.1.0", "shadow_queue": 8, "rollback": QUIET}})
@@ -280,6 +289,29 @@ def test_a_rollback_holds_across_reapply_and_router_restart(lab):
     assert lab.view()["experiments"]["xgboost"]["state"] == "rolled_back"
     assert all(body.get("variant") != "candidate" for _, body in answers)
     assert sum(status == 200 for status, _ in answers) >= len(answers) - 5  # requests on the killed router
+
+
+def test_a_rollback_is_a_log_event_a_metric_and_a_registry_record(lab, trained_registry):
+    """The error-rate rollback above, as operators and auditors see it."""
+    book, _ = trained_registry.read_document("experiments", "book")
+    events = [e for e in book["events"] if e["experiment"] == f"xgboost:{FAULTY}" and e["action"] == "rolled_back"]
+    assert events and "error rate" in events[-1]["reason"] and events[-1]["by"] == "controller"
+
+    def exported() -> float:
+        text = requests.get(f"{SERVE_URL}/metrics", timeout=30).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_rollbacks_total{") and 'reason="errors"' in line and 'model="xgboost"' in line)
+
+    deadline = time.monotonic() + 20  # Ray exports every 2 s here
+    while time.monotonic() < deadline and exported() < 1:
+        time.sleep(0.5)
+    assert exported() >= 1
+
+    logs = lab.node.temp_dir / "session_latest" / "logs" / "serve"
+    logged = [json.loads(line) for path in logs.glob("replica_kepler_ExperimentController_*.log")
+              for line in path.read_text(errors="replace").splitlines() if "experiment_event" in line]
+    assert any(entry["experiment_event"]["experiment"] == f"xgboost:{FAULTY}"
+               and entry["experiment_event"]["action"] == "rolled_back" for entry in logged)
 
 
 def test_drift_rolls_back(lab):
