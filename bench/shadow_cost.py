@@ -12,36 +12,18 @@ import argparse
 import copy
 import json
 import secrets
-import statistics
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from local_cluster import SERVE_URL, LocalCluster  # noqa: E402
-
+from bench.common import ROOT, SERVE_URL, LocalCluster, closed_loop, ensure_registry, http_call, progress  # noqa: E402
 from serve_app.auth import hash_key  # noqa: E402
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def ensure_registry() -> None:
-    from registry import RegistryConfig
-    from training.train import main as train
-
-    registry = RegistryConfig.from_env().open()
-    if not registry.models():
-        progress("registry empty: training the three families (about two minutes)")
-        train([])
 
 
 def config(admin_key: str, shadow: str | None) -> dict:
@@ -71,24 +53,8 @@ def wait_shadow_ready(admin_key: str, timeout: float = 120) -> None:
 
 
 def measure(concurrency: int, count: int) -> dict:
-    row = [None] * 36
-    session = requests.Session()
-
-    def one(_):
-        started = time.perf_counter()
-        response = session.post(f"{SERVE_URL}/api/v1/predict", json={"features": row, "model": "xgboost"}, timeout=30)
-        return (time.perf_counter() - started) * 1000, response.status_code
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(min(50, count))))  # warm-up
-        started = time.perf_counter()
-        results = list(pool.map(one, range(count)))
-        seconds = time.perf_counter() - started
-    latencies = sorted(ms for ms, status in results if status == 200)
-    return {"concurrency": concurrency, "requests": count, "ok": len(latencies),
-            "p50_ms": round(statistics.median(latencies), 3),
-            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
-            "rps": round(len(latencies) / seconds, 1)}
+    body = {"features": [None] * 36, "model": "xgboost"}
+    return closed_loop(http_call(threading.local(), "POST", f"{SERVE_URL}/api/v1/predict", body), concurrency, count)
 
 
 def plot(rows: list[dict], path: Path) -> None:

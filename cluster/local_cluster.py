@@ -136,8 +136,8 @@ class LocalCluster:
     def serve_status(self) -> dict:
         return requests.get(f"{self.dashboard_url}/api/serve/applications/", timeout=10).json()
 
-    def wait_running(self, app: str = "kepler", timeout: float = 300) -> None:
-        """The application RUNNING with every deployment HEALTHY, and its health endpoint healthy."""
+    def wait_running(self, app: str = "kepler", timeout: float = 300, health_endpoint: bool = True) -> None:
+        """The application RUNNING with every deployment HEALTHY, and (kepler-serve's) health endpoint healthy."""
         deadline, status = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             try:
@@ -145,6 +145,8 @@ class LocalCluster:
                 deployments = status.get("deployments", {}).values()
                 if status.get("status") == "RUNNING" and deployments and all(
                         d["status"] == "HEALTHY" for d in deployments):
+                    if not health_endpoint:
+                        return
                     health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=5)
                     if health.ok and health.json()["status"] == "healthy":
                         return
