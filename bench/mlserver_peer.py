@@ -1,12 +1,12 @@
 """The peer server: MLServer with its XGBoost and scikit-learn runtimes, in a virtualenv of its
 own (its pins clash with Ray's), serving the same XGBoost and Random Forest versions over V2 REST
 with `predict_proba` outputs. The forest is exported to joblib, the format MLServer's sklearn
-runtime loads, for the benchmark only: serving never reads pickles."""
+runtime loads, for the benchmark only (serving never reads pickles), and the booster is re-saved
+through XGBClassifier, whose tag tells MLServer it may answer `predict_proba`."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +19,9 @@ import requests
 from .common import ROOT, progress
 
 VENV = ROOT / "bench" / ".venv-mlserver"
-PACKAGES = ["mlserver==1.7.1", "mlserver-xgboost==1.7.1", "mlserver-sklearn==1.7.1"]
+# uvloop 0.21+ refuses asyncio.get_event_loop() without a running loop, which MLServer 1.7.1's
+# inference-pool workers call at start: they die and the server shuts down.
+PACKAGES = ["mlserver==1.7.1", "mlserver-xgboost==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.21"]
 
 
 def ensure_venv() -> Path:
@@ -49,8 +51,12 @@ def model_repository(registry, versions: dict[str, str]) -> Path:
         directory = root / name
         directory.mkdir()
         pulled = registry.pull(name, versions[name])
-        if name == "xgboost":
-            shutil.copy(pulled / "model.json", directory / file_name)
+        if name == "xgboost":  # the same booster, saved with the classifier tag MLServer looks for
+            import xgboost
+
+            classifier = xgboost.XGBClassifier()
+            classifier.load_model(pulled / "model.json")
+            classifier.save_model(directory / file_name)
         else:
             joblib.dump(load(name, pulled, threads=1).model, directory / file_name)
         (directory / "model-settings.json").write_text(json.dumps(

@@ -45,7 +45,7 @@ def bench_row() -> list[float]:
 def kepler_config(key: str) -> dict:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
-    app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = f"bench:{hash_key(key)}:predict:1000000000"
+    app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = f"bench:{hash_key(key)}:predict:100000000"
     for deployment in app["deployments"]:
         if deployment["name"] == "Router":
             deployment["user_config"]["auth"] = {"enabled": True, "requests_per_minute": 100}
