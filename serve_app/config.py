@@ -28,6 +28,13 @@ class RegistrySettings(_Strict):
                                        verify_key=self.verify_key)
 
 
+def _known_models(field: str, per_model: dict) -> dict:
+    unknown = set(per_model) - set(MODEL_NAMES)
+    if unknown:
+        raise ValueError(f"{field}: unknown models {sorted(unknown)}; expected some of {', '.join(MODEL_NAMES)}")
+    return per_model
+
+
 def _check_ref(ref: str) -> str:
     return check_version(ref) if is_version(ref) else check_alias(ref)
 
@@ -138,13 +145,7 @@ class RouterSettings(_Strict):
     sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
-    @field_validator("experiments")
-    @classmethod
-    def _experiment_models(cls, experiments: dict[str, ExperimentSettings]) -> dict[str, ExperimentSettings]:
-        unknown = set(experiments) - set(MODEL_NAMES)
-        if unknown:
-            raise ValueError(f"experiments: unknown models {sorted(unknown)}; expected some of {', '.join(MODEL_NAMES)}")
-        return experiments
+    _experiment_models = field_validator("experiments")(lambda cls, v: _known_models("experiments", v))
 
     @field_validator("ensemble_weights")
     @classmethod
@@ -171,13 +172,7 @@ class AppArgs(_Strict):
     experiment_pools: dict[str, PoolSettings] = Field(
         default_factory=dict, description="variant deployments to create: `<model>_candidate`, `<model>_shadow`")
 
-    @field_validator("experiment_pools")
-    @classmethod
-    def _pool_models(cls, pools: dict[str, PoolSettings]) -> dict[str, PoolSettings]:
-        unknown = set(pools) - set(MODEL_NAMES)
-        if unknown:
-            raise ValueError(f"experiment_pools: unknown models {sorted(unknown)}")
-        return pools
+    _pool_models = field_validator("experiment_pools")(lambda cls, v: _known_models("experiment_pools", v))
 
     def pool_names(self) -> dict[str, str]:
         """Deployment name -> model name of every variant deployment."""

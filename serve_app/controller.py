@@ -15,7 +15,9 @@ from ray.serve.handle import DeploymentHandle
 
 from registry import RegistryError
 
+from .aliases import AliasResolver
 from .config import ExperimentSettings, RegistrySettings
+from .errors import ServingError
 from .experiments import TERMINAL, Book, Decisions, Record
 from .metrics import ControllerMetrics
 from .variant_stats import Window
@@ -29,6 +31,7 @@ class ExperimentController:
     def __init__(self, pools: dict[str, DeploymentHandle], models: list[str], registry: dict):
         self.pools = pools  # "<model>_candidate" / "<model>_shadow" -> handle
         self.registry = RegistrySettings(**registry).config().open()
+        self.aliases = AliasResolver(self.registry, ttl_s=5.0)
         self.window = Window()
         self.book, self.etag = self._load_book()
         self.decisions = Decisions(self.book, self.window)
@@ -97,10 +100,10 @@ class ExperimentController:
             await self._persist()
 
     async def _reconcile(self, model: str, spec: ExperimentSettings) -> None:
-        try:
-            candidate = await asyncio.to_thread(self.registry.resolve, model, spec.candidate) if spec.candidate else None
-            shadow = await asyncio.to_thread(self.registry.resolve, model, spec.shadow) if spec.shadow else None
-        except RegistryError as e:
+        try:  # through the alias cache: ticks come twice a second, a moved alias is seen within 5 s
+            candidate = await self.aliases.resolve(model, spec.candidate) if spec.candidate else None
+            shadow = await self.aliases.resolve(model, spec.shadow) if spec.shadow else None
+        except ServingError as e:
             logger.warning("cannot resolve the %s experiment's versions: %s", model, e)
             return
         generation = self.book.generation

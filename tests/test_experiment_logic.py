@@ -78,12 +78,18 @@ def test_each_trigger_fires_on_its_own_evidence(candidate, stable, expected):
     assert (reason is None) if expected is None else (expected in reason)
 
 
-def test_a_rollback_holds_for_the_same_candidate_until_a_new_version_is_configured():
+def running_experiment(spec: ExperimentSettings):
+    """A book with xgboost's experiment adopted and its candidate loaded."""
     book, clock = Book(), Clock()
     decisions = Decisions(book, Window(clock=clock), clock)
-    spec = ExperimentSettings(candidate="1.1.0", weight=0.2)
-    record = decisions.adopt("xgboost", spec, "1.1.0", None)
+    record = decisions.adopt("xgboost", spec, spec.candidate, None)
     decisions.started(record, spec, False)
+    return book, decisions, record
+
+
+def test_a_rollback_holds_for_the_same_candidate_until_a_new_version_is_configured():
+    spec = ExperimentSettings(candidate="1.1.0", weight=0.2)
+    book, decisions, record = running_experiment(spec)
     assert record.state == "running" and record.weight == 0.2
     decisions.end(record, "rolled_back", "error rate", "controller")
     # The same configuration again, or another weight for the same candidate: still rolled back.
@@ -96,11 +102,8 @@ def test_a_rollback_holds_for_the_same_candidate_until_a_new_version_is_configur
 
 
 def test_an_admin_weight_holds_until_a_different_configuration_arrives():
-    book, clock = Book(), Clock()
-    decisions = Decisions(book, Window(clock=clock), clock)
     spec = ExperimentSettings(candidate="1.1.0", weight=0.2)
-    record = decisions.adopt("xgboost", spec, "1.1.0", None)
-    decisions.started(record, spec, False)
+    _, decisions, record = running_experiment(spec)
     decisions.set_weight(record, 0.7, "ops")
     decisions.adopt("xgboost", spec, "1.1.0", None)  # re-applied: the admin's weight wins
     assert record.weight == 0.7 and record.weight_source == "admin"
@@ -128,3 +131,21 @@ def test_a_router_sends_nothing_to_a_candidate_the_book_does_not_run():
     assert traffic.route("xgboost", {}).variant == "candidate"
     traffic.adopt({"generation": 4, "experiments": {"xgboost": {**record, "state": "rolled_back", "weight": 0}}})
     assert traffic.route("xgboost", {}) is None
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"experiments": {"gpt": {"candidate": "1.0.0"}}}, "experiments: unknown models"),
+    ({"experiments": {"xgboost": {"candidate": "1.0.0", "weight": 1.5}}}, "weight"),
+    ({"experiments": {"xgboost": {"weight": 0.5}}}, "a candidate, a shadow or both"),
+    ({"experiments": {"xgboost": {"candidate": "Latest!"}}}, "candidate"),
+    ({"experiments": {"xgboost": {"candidate": "1.0.0", "rollout": {"steps": [0.5, 0.2]}}}}, "increasing"),
+    ({"experiments": {"xgboost": {"candidate": "1.0.0", "rollback": {"max_error_rate": 2}}}}, "max_error_rate"),
+    ({"auth": {"requests_per_minute": 0}}, "requests_per_minute"),
+])
+def test_a_bad_experiment_configuration_is_refused_naming_the_field(settings, field):
+    from pydantic import ValidationError
+
+    from serve_app.config import RouterSettings
+
+    with pytest.raises(ValidationError, match=field):
+        RouterSettings(**settings)
