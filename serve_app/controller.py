@@ -167,7 +167,13 @@ class ExperimentController:
             self._log(self.decisions.step(record, spec, reason))
             self.dirty = True
         else:
-            asyncio.get_running_loop().create_task(self.promote(record.model, "rollout", reason))
+            asyncio.get_running_loop().create_task(self._promote_after_rollout(record.model, reason))
+
+    async def _promote_after_rollout(self, model: str, reason: str) -> None:
+        try:
+            await self.promote(model, "rollout", reason)
+        except (LookupError, ValueError) as e:  # ended meanwhile, or `stable` moved under it: stays running
+            logger.warning("rollout of %s not promoted: %s", model, e)
 
     async def _persist(self) -> None:
         document = self.book.model_dump()
@@ -209,7 +215,10 @@ class ExperimentController:
 
     async def promote(self, model: str, actor: str, reason: str = "promoted by an admin") -> dict:
         record = self._running(model)
-        previous, _ = await asyncio.to_thread(self.registry.promote, model, "stable", record.candidate_version)
+        try:
+            previous, _ = await asyncio.to_thread(self.registry.promote, model, "stable", record.candidate_version)
+        except RegistryError as e:  # moved meanwhile, or the store is down: nothing changed, say why
+            raise ValueError(f"cannot promote {model} {record.candidate_version}: {e}") from None
         event = self.decisions.end(record, "promoted", f"{reason}; stable {previous} -> {record.candidate_version}",
                                    actor)
         self._log(event)

@@ -95,10 +95,11 @@ class ShadowCopies:
             self.capacity, self.queue = capacity, None  # the next offer starts a queue of the new size
 
     def offer(self, model: str, route: Route, rows: np.ndarray, primary: np.ndarray) -> None:
-        if self.queue is None:
+        if self.queue is None:  # first copy, or resized: the old workers would wait on the old queue forever
+            for task in self._tasks:
+                task.cancel()
             self.queue = asyncio.Queue(self.capacity)
-            self._tasks = [t for t in self._tasks if not t.done()]
-            self._tasks += [asyncio.ensure_future(self._work(self.queue)) for _ in range(self.workers)]
+            self._tasks = [asyncio.ensure_future(self._work(self.queue)) for _ in range(self.workers)]
         try:
             self.queue.put_nowait((model, route, rows, primary.argmax(axis=1)))
         except asyncio.QueueFull:
