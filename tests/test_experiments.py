@@ -316,7 +316,7 @@ def test_a_rollback_is_a_log_event_a_metric_and_a_registry_record(lab, trained_r
 
 def test_drift_rolls_back(lab):
     results = _rolls_back_within_window(
-        lab, "xgboost", {"candidate": SKEWED, "weight": 0.5, "rollback": RULES}, "drift")
+        lab, "xgboost", {"candidate": SKEWED, "weight": 0.5, "rollback": {**RULES, "max_latency_ratio": 50}}, "drift")
     assert all(status == 200 for status, _ in results)
 
 
