@@ -24,4 +24,6 @@ echo "WARNING: authentication is off in serve_config.yaml (Router user_config au
 echo "         anyone who can reach 127.0.0.1:8000 may predict. See the README's Security section."
 # A single local node: Ray's token authentication is for clusters (see the README).
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+# Serve's HAProxy ingress in front of the Router (configs/ingress.env says why and when not).
+set -a; source configs/ingress.env; set +a
 exec .venv/bin/serve run serve_config.yaml

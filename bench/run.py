@@ -2,7 +2,8 @@
 a benchmark key with a raised rate limit) against the in-process floor, a one-deployment Serve
 baseline and MLServer, for the same artifacts, on 127.0.0.1.
 
-    .venv/bin/python bench/run.py [--requests 300] [--skip-mlserver] [--out bench/results]
+    .venv/bin/python bench/run.py [--requests 300] [--only kepler,mlserver] [--routes xgboost,ensemble]
+                                  [--ray-env RAY_SERVE_X=1] [--out bench/results]
 
 Prints p50/p95/p99 and throughput per route at concurrency 1 and 16, memory per replica (USS and
 PSS), the targets as ratios, and a comparison with the previous run; writes benchmark.json (kept
@@ -29,6 +30,7 @@ from bench.common import (ROOT, SERVE_URL, LocalCluster, closed_loop, ensure_reg
 from runtimes import MODEL_NAMES, load  # noqa: E402
 from serve_app.auth import hash_key  # noqa: E402
 
+SERVERS = ("floor", "kepler", "one_deployment", "mlserver")
 SEED_MEMORY_MB = {"keras_cnn": 800, "xgboost": 300, "random_forest": 500}
 
 
@@ -78,7 +80,7 @@ def measure_floor(registry, versions: dict[str, str], row: list[float], count: i
     return floor
 
 
-def measure_kepler(key: str, row: list[float], count: int) -> dict:
+def measure_kepler(key: str, row: list[float], count: int, only_routes: set[str] | None = None) -> dict:
     headers = {"X-API-Key": key}
     predict, batch = f"{SERVE_URL}/api/v1/predict", f"{SERVE_URL}/api/v1/predict/batch"
     v2_body = {"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP32", "data": row}]}
@@ -87,6 +89,8 @@ def measure_kepler(key: str, row: list[float], count: int) -> dict:
     routes["v2 xgboost"] = ("POST", f"{SERVE_URL}/v2/models/xgboost/infer", v2_body)
     results = {}
     for route, (method, url, body) in routes.items():
+        if only_routes and route not in only_routes:
+            continue
         concurrencies = levels(count) + ([(4, count)] if route.startswith("batch") else [])
         for concurrency, n in concurrencies:
             progress(f"kepler-serve {route}, concurrency {concurrency}: {n} requests")
@@ -135,7 +139,7 @@ def measure_mlserver(registry, versions: dict[str, str], row: list[float], count
 
 
 def targets(results: dict) -> list[dict]:
-    kepler, peer = results["kepler"], results.get("mlserver", {})
+    kepler, peer = results.get("kepler", {}), results.get("mlserver", {})
 
     def get(table, key, field):
         return (table.get(key) or {}).get(field)
@@ -189,7 +193,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(f"kepler {k}", v["rps"]) for k, v in results["kepler"].items() if k.endswith("c=16")]
+    bars = [(f"kepler {k}", v["rps"]) for k, v in results.get("kepler", {}).items() if k.endswith("c=16")]
     bars += [(f"one-deployment {k}", v["rps"]) for k, v in results.get("one_deployment", {}).items() if k.endswith("c=16")]
     bars += [(f"MLServer {k}", v["rps"]) for k, v in results.get("mlserver", {}).items() if k.endswith("c=16")]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(bars) + 1.5))
@@ -204,28 +208,43 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="measured requests at concurrency 1 (x4 at 16)")
-    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--only", default=",".join(SERVERS), help=f"servers to measure, of {','.join(SERVERS)}")
+    parser.add_argument("--skip-mlserver", action="store_true", help="the same as leaving mlserver out of --only")
+    parser.add_argument("--routes", default="", help="kepler-serve routes to measure (default: all), "
+                                                     "e.g. 'xgboost,ensemble,batch32 ensemble,v2 xgboost'")
+    parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                        help="Serve's HAProxy ingress (configs/ingress.env) or its Python proxy actor")
+    parser.add_argument("--ray-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of `ray start` (Serve's proxy and controller settings); repeatable")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) - ({"mlserver"} if args.skip_mlserver else set())
+    routes = {r.strip() for r in args.routes.split(",") if r.strip()} or None
+    ray_env = dict(item.split("=", 1) for item in args.ray_env)
     registry = ensure_registry()
     versions = {name: registry.resolve(name, "stable") for name in MODEL_NAMES}
     row, key = bench_row(), secrets.token_hex(16)
     results = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions,
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    results["floor"] = measure_floor(registry, versions, row, args.requests)
-    progress("starting one local Ray node")
-    node = LocalCluster(workers=0, head_cpus=2).start()
-    try:
-        node.deploy(kepler_config(key))
-        node.wait_running()
-        results["kepler"] = measure_kepler(key, row, args.requests)
-        results["memory"] = replica_memory(node)
-        node.deploy(baseline_config())
-        node.wait_running(app="baseline", health_endpoint=False)
-        results["one_deployment"] = measure_baseline(row, args.requests)
-    finally:
-        node.stop()
-    if not args.skip_mlserver:
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "ray_env": ray_env,
+               "ingress": args.ingress}
+    if "floor" in only:
+        results["floor"] = measure_floor(registry, versions, row, args.requests)
+    if only & {"kepler", "one_deployment"}:
+        progress(f"starting one local Ray node {ray_env or ''}")
+        node = LocalCluster(workers=0, head_cpus=2, env=ray_env, haproxy=args.ingress == "haproxy").start()
+        try:
+            if "kepler" in only:
+                node.deploy(kepler_config(key))
+                node.wait_running()
+                results["kepler"] = measure_kepler(key, row, args.requests, routes)
+                results["memory"] = replica_memory(node)
+            if "one_deployment" in only:
+                node.deploy(baseline_config())
+                node.wait_running(app="baseline", health_endpoint=False)
+                results["one_deployment"] = measure_baseline(row, args.requests)
+        finally:
+            node.stop()
+    if "mlserver" in only:
         results["mlserver"], results["mlserver_memory"] = measure_mlserver(registry, versions, row, args.requests)
     results["targets"] = targets(results)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import yaml
 
 BIN = Path(sys.executable).parent
 SERVE_URL = "http://127.0.0.1:8000"
+INGRESS_ENV_FILE = Path(__file__).resolve().parent.parent / "configs" / "ingress.env"
 
 
 def free_port() -> int:
@@ -41,6 +42,12 @@ def free_port() -> int:
 
 def ray_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def haproxy_ingress_env() -> dict[str, str]:
+    """configs/ingress.env: Serve's HAProxy ingress, for single-node Ray (see that file)."""
+    lines = (line.strip() for line in INGRESS_ENV_FILE.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -58,11 +65,13 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
 
 class LocalCluster:
     def __init__(self, workers: int = 2, cpus_per_node: int = 2, head_cpus: int | None = None,
-                 env: dict[str, str] | None = None, root: Path | None = None):
+                 env: dict[str, str] | None = None, root: Path | None = None, haproxy: bool | None = None):
         self.workers = workers
         self.cpus_per_node = cpus_per_node
         self.head_cpus = cpus_per_node if head_cpus is None else head_cpus
-        self.env = ray_env(**(env or {}))
+        # HAProxy ingress by default on a single node only (configs/ingress.env says why).
+        self.haproxy = workers == 0 if haproxy is None else haproxy
+        self.env = ray_env(**(haproxy_ingress_env() if self.haproxy else {}), **(env or {}))
         self.root = Path(root or tempfile.mkdtemp(prefix="kcluster", dir="/tmp"))
         self.head_ip = "127.0.0.2"
         self.gcs_port = free_port()
