@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ import numpy as np
 from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
 from .schema import N_CLASSES, N_FEATURES
+from .tree_arrays import PackedForest
 
 PARAMS = {"n_estimators": 400, "min_samples_leaf": 1, "max_features": "sqrt", "class_weight": None,
           "criterion": "gini"}
@@ -80,10 +82,17 @@ class RandomForestRuntime(FrameworkRuntime):
         forest = RandomForestClassifier(n_estimators=len(trees), n_jobs=threads or 1)
         forest.estimators_, forest.classes_, forest.n_classes_ = trees, classes, N_CLASSES
         forest.n_outputs_, forest.n_features_in_ = 1, N_FEATURES
-        return cls(forest, Preprocessor.load(directory))
+        runtime = cls(forest, Preprocessor.load(directory))
+        runtime.packed  # noqa: B018 - packed now, not on the first request
+        return runtime
+
+    @cached_property
+    def packed(self) -> PackedForest:
+        """The same trees as flat arrays: scikit-learn's answers, 10-50x sooner (tree_arrays.py)."""
+        return PackedForest([estimator.tree_ for estimator in self.model.estimators_])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(self.preprocessor.transform(X)).astype(np.float64)
+        return self.packed.predict_proba(self.preprocessor.transform(X))
 
 
 RUNTIME = RandomForestRuntime

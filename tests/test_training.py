@@ -149,3 +149,18 @@ def test_forest_file_cannot_carry_code(tmp_path, trained_registry):
     with pytest.raises(ValueError, match="allow_pickle"):
         load("random_forest", directory)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_packed_forest_answers_exactly_as_scikit_learn(trained_registry):
+    """The serving path walks the trees as flat arrays (runtimes/tree_arrays.py); its
+    probabilities are scikit-learn's own, bit for bit: for the test set, for single rows, and
+    for rows with missing values sent straight to the trees (each split's learnt direction)."""
+    runtime = load("random_forest", trained_registry.pull("random_forest", "1.1.0"))
+    data = load_snapshot(CURRENT)
+    X = runtime.preprocessor.transform(data.X[data.masks()[2]])
+    assert np.array_equal(runtime.packed.predict_proba(X), runtime.model.predict_proba(X))
+    for row in X[:5]:
+        assert np.array_equal(runtime.packed.predict_proba(row[None]), runtime.model.predict_proba(row[None]))
+    holes = X[:200].copy()
+    holes[np.random.default_rng(0).random(holes.shape) < 0.2] = np.nan
+    assert np.array_equal(runtime.packed.predict_proba(holes), runtime.model.predict_proba(holes))

@@ -1,0 +1,67 @@
+"""A forest's trees packed into flat NumPy arrays and walked all at once.
+
+scikit-learn's `predict_proba` visits its trees one by one from Python (about 70 µs a tree, 28 ms
+for 400 trees and a single row); walking every (row, tree) pair a level at a time with array
+indexing answers one row in under a millisecond and 32 rows in about 3 ms. The comparisons and
+the summation order are scikit-learn's own (float32 features against float64 thresholds, trees
+added in order, then divided by their count), so probabilities are bit-identical.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class PackedForest:
+    def __init__(self, trees: list) -> None:
+        """`trees`: scikit-learn `Tree` objects (a fitted forest's `estimator.tree_`)."""
+        sizes = [tree.node_count for tree in trees]
+        self.roots = np.cumsum([0, *sizes[:-1]])
+        children, features, thresholds, missing_left, values = [], [], [], [], []
+        for offset, tree in zip(self.roots, trees):
+            nodes = tree.__getstate__()["nodes"]
+            index = np.arange(len(nodes)) + offset
+            leaf = nodes["left_child"] < 0
+            # A leaf points at itself, so rows that reached one stay put while deeper trees finish.
+            children.append(np.stack([np.where(leaf, index, nodes["left_child"] + offset),
+                                      np.where(leaf, index, nodes["right_child"] + offset)], axis=1))
+            features.append(np.where(leaf, 0, nodes["feature"]))
+            thresholds.append(np.where(leaf, np.inf, nodes["threshold"]))
+            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            counts = np.asarray(tree.value[:, 0, :], dtype=np.float64)
+            totals = counts.sum(axis=1, keepdims=True)
+            values.append(counts / np.where(totals == 0, 1.0, totals))  # as DecisionTreeClassifier normalises
+        self.children = np.concatenate(children).ravel()  # left child at 2i, right child at 2i + 1
+        self.feature = np.concatenate(features)
+        self.threshold = np.concatenate(thresholds)
+        self.missing_left = np.concatenate(missing_left)
+        self.is_leaf = self.children[0::2] == np.arange(len(self.feature))
+        self.value = np.concatenate(values)
+        self.depth = max(tree.max_depth for tree in trees)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)  # trees compare float32 features, as scikit-learn does
+        rows, width = X.shape
+        trees = len(self.roots)
+        features = X.astype(np.float64).ravel()
+        reached = np.tile(self.roots, rows)  # [row * trees + tree]: the node each pair has reached
+        walking = np.arange(rows * trees)  # the pairs not at a leaf yet
+        node, row_start = reached.copy(), np.repeat(np.arange(rows) * width, trees)
+        has_missing = bool(np.isnan(features).any())
+        for level in range(self.depth):
+            x = features[row_start + self.feature[node]]
+            go_right = ~(x <= self.threshold[node])
+            if has_missing:
+                go_right &= ~(np.isnan(x) & self.missing_left[node])
+            node = self.children[2 * node + go_right]
+            if level % 4 == 3:  # drop finished pairs now and then: most leaves are far above max depth
+                reached[walking] = node
+                deeper = ~self.is_leaf[node]
+                walking, node, row_start = walking[deeper], node[deeper], row_start[deeper]
+                if not len(walking):
+                    break
+        reached[walking] = node
+        leaf_values = self.value[reached].reshape(rows, trees, -1)
+        total = np.zeros((rows, leaf_values.shape[2]))
+        for tree in range(trees):  # in tree order, as scikit-learn accumulates
+            total += leaf_values[:, tree]
+        return total / trees
