@@ -66,6 +66,14 @@ class BreakerSettings(_Strict):
     cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker turns calls away")
 
 
+class RouterBatchingSettings(_Strict):
+    """Batching in the router (serve_app/coalescing.py)."""
+
+    calls_in_flight: int = Field(2, ge=0, le=64, description="handle calls out at once per model deployment "
+                                                              "and version; 0 sends each request on its own")
+    max_rows: int = Field(64, ge=1, le=10_000, description="most rows one handle call gathers")
+
+
 class RollbackSettings(_Strict):
     """When a candidate is rolled back: every trigger over the same sliding window."""
 
@@ -141,6 +149,7 @@ class RouterSettings(_Strict):
     max_body_bytes: int = Field(2_000_000, ge=1024)
     model_timeout_s: float = Field(10.0, gt=0, description="longest wait for one model's answer")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    batching: RouterBatchingSettings = Field(default_factory=RouterBatchingSettings)
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict, description="per model")
     sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -64,28 +64,30 @@ class ModelServer:
         if self.default_version not in self.pinned:
             raise RuntimeError(f"{self.model_name} {self.default_version} is not loaded")
 
-    async def predict(self, version: str, rows: np.ndarray, request_id: str = "") -> np.ndarray:
-        """Probabilities [n, 3] for rows [n, 36] from a concrete version."""
+    async def predict(self, version: str, rows: np.ndarray, request_ids: list[str] | str = ()) -> np.ndarray:
+        """Probabilities [n, 3] for rows [n, 36] from a concrete version; `request_ids` are those of
+        the requests whose rows the router gathered into this call (for the batch log)."""
+        request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         if not is_version(version):
             raise BadRequest(f"model version must be concrete, got {version!r}")
         self.metrics.cache(hit=version in self.loaded_versions())
         model = await self.get_model(version)  # loads (or fails) for this request alone
         if len(rows) >= self.max_batch_size:  # already a batch of its own
             logger.info("batch", extra={"model": self.model_name, "version": version, "rows": len(rows),
-                                        "request_ids": [request_id]})
+                                        "calls": 1, "request_ids": request_ids})
             return model.runtime.predict_proba(rows)
-        return await self.predict_batch((version, rows, request_id))
+        return await self.predict_batch((version, rows, request_ids))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002,
                  batch_size_fn=lambda items: sum(len(item[1]) for item in items))
-    async def predict_batch(self, items: list[tuple[str, np.ndarray, str]]) -> list[np.ndarray]:
+    async def predict_batch(self, items: list[tuple[str, np.ndarray, list[str]]]) -> list[np.ndarray]:
         # Serve splits batches by multiplexed model id; group anyway so direct calls stay correct.
         results: list[np.ndarray | None] = [None] * len(items)
         for version in {item[0] for item in items}:
             indices = [i for i, item in enumerate(items) if item[0] == version]
             logger.info("batch", extra={"model": self.model_name, "version": version,
-                                        "rows": sum(len(items[i][1]) for i in indices),
-                                        "request_ids": [items[i][2] for i in indices]})
+                                        "rows": sum(len(items[i][1]) for i in indices), "calls": len(indices),
+                                        "request_ids": [r for i in indices for r in items[i][2]]})
             model = await self.get_model(version)
             stacked = np.concatenate([items[i][1] for i in indices])
             probabilities = model.runtime.predict_proba(stacked)

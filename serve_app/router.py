@@ -32,6 +32,7 @@ from .access import AccessControl
 from .aliases import AliasResolver
 from .auth import Authenticator
 from .breaker import CircuitBreaker
+from .coalescing import Coalescer
 from .config import AppArgs, RouterSettings
 from .ensemble import soft_vote
 from .metrics import RouterMetrics
@@ -238,6 +239,7 @@ class Router:
         self.settings = self.args.router
         self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
         self.breakers = {name: self._breaker() for name in self.handles}
+        self.coalescer = Coalescer(self._send, self.settings.batching.calls_in_flight, self.settings.batching.max_rows)
         self._metadata: dict[tuple[str, str], dict] = {}
         self._defaults: dict[str, tuple[str, float]] = {}
         self._refreshing: dict[str, asyncio.Future] = {}
@@ -262,6 +264,8 @@ class Router:
             logger.warning("AUTHENTICATION IS OFF: predictions, listings and docs are open to anyone who can "
                            "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
         self.aliases.ttl_s = self.settings.alias_cache_s
+        self.coalescer.calls_in_flight = self.settings.batching.calls_in_flight
+        self.coalescer.max_rows = self.settings.batching.max_rows
         for breaker in self.breakers.values():
             breaker.failure_threshold = self.settings.breaker.failure_threshold
             breaker.cooldown_s = self.settings.breaker.cooldown_s
@@ -357,10 +361,16 @@ class Router:
         breaker = self.breakers[name]
         if not breaker.allow():
             raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
+        return await self.coalescer((name, version), rows, _request_id())
+
+    async def _send(self, key: tuple[str, str], rows: np.ndarray, request_ids: list[str]) -> np.ndarray:
+        """One handle call for the rows of one or more requests (the coalescer's batch)."""
+        name, version = key
+        breaker = self.breakers[name]
         handle = self.handles[name].options(multiplexed_model_id=version)
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(handle.predict.remote(version, rows, _request_id()),
+                result = await asyncio.wait_for(handle.predict.remote(version, rows, request_ids),
                                                 self.settings.model_timeout_s)
             except ServingError as e:  # this request's own problem (unknown or unloadable version)
                 cause = getattr(e, "cause", None)  # Ray wraps replica exceptions in RayTaskError
