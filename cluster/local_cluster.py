@@ -2,8 +2,8 @@
 (127.0.0.2 for the head, 127.0.0.3, ... for workers), with its own temp directory and ports, then
 the Serve application deployed and waited for.
 
-Each node is a `ray start --block` process in its own process group; stopping the cluster stops
-exactly those groups, never other Ray instances on the machine (which `ray stop` would). Token
+Each node is a `ray start --block` process in a session of its own; stopping the cluster stops
+exactly those sessions, never other Ray instances on the machine (which `ray stop` would). Token
 authentication is off for this local cluster (RAY_AUTH_MODE=disabled for every node and client);
 clusters on a network keep it on (see cluster/kuberay/).
 
@@ -186,9 +186,30 @@ class LocalCluster:
                 time.sleep(0.2)
             if _alive(node["pid"]):
                 os.killpg(node["pid"], signal.SIGKILL)
+        # Whatever a node started in process groups of its own (HAProxy, reloaded by its manager
+        # actor, outlives the raylet) is still in the node's session: stop those too.
+        for node in self.nodes:
+            for pid in _session_members(node["pid"]):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def state(self) -> dict:
         return {"root": str(self.root), "dashboard_url": self.dashboard_url, "nodes": self.nodes}
+
+
+def _session_members(session_id: int) -> list[int]:
+    """Processes of the session that `ray start` (started with start_new_session) leads."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session_id:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return members
 
 
 def _alive(pid: int) -> bool:
