@@ -169,7 +169,7 @@ class BatchSettings(_Strict):
     """A model deployment's user_config."""
 
     max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1)
 
 
 class AppArgs(_Strict):

@@ -78,7 +78,7 @@ class ModelServer:
             return model.runtime.predict_proba(rows)
         return await self.predict_batch((version, rows, request_ids))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002,
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0,
                  batch_size_fn=lambda items: sum(len(item[1]) for item in items))
     async def predict_batch(self, items: list[tuple[str, np.ndarray, list[str]]]) -> list[np.ndarray]:
         # Serve splits batches by multiplexed model id; group anyway so direct calls stay correct.
