@@ -61,7 +61,5 @@ class PackedForest:
                     break
         reached[walking] = node
         leaf_values = self.value[reached].reshape(rows, trees, -1)
-        total = np.zeros((rows, leaf_values.shape[2]))
-        for tree in range(trees):  # in tree order, as scikit-learn accumulates
-            total += leaf_values[:, tree]
-        return total / trees
+        # A running sum adds the trees in order, as scikit-learn accumulates them (np.sum pairs them).
+        return np.cumsum(leaf_values, axis=1)[:, -1] / trees

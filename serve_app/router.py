@@ -239,6 +239,7 @@ class Router:
         self.settings = self.args.router
         self.aliases = AliasResolver(self.registry, self.settings.alias_cache_s)
         self.breakers = {name: self._breaker() for name in self.handles}
+        self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
         self.coalescer = Coalescer(self._send, self.settings.batching.calls_in_flight, self.settings.batching.max_rows)
         self._metadata: dict[tuple[str, str], dict] = {}
         self._defaults: dict[str, tuple[str, float]] = {}
@@ -285,7 +286,7 @@ class Router:
     async def _sync_forever(self) -> None:
         counted = 0.0
         while True:
-            if time.monotonic() - counted > 2:
+            if time.monotonic() - counted > 5:  # serve.status() is costly; router counts change rarely
                 counted = time.monotonic()
                 AccessControl.replicas = await asyncio.to_thread(_router_replicas, AccessControl.replicas)
             if self.controller is None:
@@ -363,11 +364,19 @@ class Router:
             raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
         return await self.coalescer((name, version), rows, _request_id())
 
+    def _handle(self, name: str, version: str) -> DeploymentHandle:
+        """The deployment's handle bound to one version, made once: `options()` builds (and pickles)
+        a request-router config each time it is called."""
+        key = (name, version)
+        if key not in self._version_handles:
+            self._version_handles[key] = self.handles[name].options(multiplexed_model_id=version)
+        return self._version_handles[key]
+
     async def _send(self, key: tuple[str, str], rows: np.ndarray, request_ids: list[str]) -> np.ndarray:
         """One handle call for the rows of one or more requests (the coalescer's batch)."""
         name, version = key
         breaker = self.breakers[name]
-        handle = self.handles[name].options(multiplexed_model_id=version)
+        handle = self._handle(name, version)
         for attempt in (1, 2):
             try:
                 result = await asyncio.wait_for(handle.predict.remote(version, rows, request_ids),
