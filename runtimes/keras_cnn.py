@@ -145,13 +145,16 @@ class KerasCNNRuntime(FrameworkRuntime):
         if self._compiled is None:
             import tensorflow as tf
 
-            # One trace for every batch size: never model.predict per request.
-            self._compiled = tf.function(lambda x: self.model(x, training=False),
-                                         input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32)])
+            # One trace for every batch size: never model.predict per request. The concrete
+            # function skips tf.function's per-call signature matching and input conversion.
+            self._compiled = tf.function(lambda x: self.model(x, training=False)).get_concrete_function(
+                tf.TensorSpec([None, N_FEATURES], tf.float32))
         return self._compiled
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self.preprocessor.transform(X)
+        import tensorflow as tf
+
+        X = tf.constant(self.preprocessor.transform(X), dtype=tf.float32)
         return np.asarray(self._function()(X), dtype=np.float64)
 
 
