@@ -3,7 +3,11 @@ a benchmark key with a raised rate limit) against the in-process floor, a one-de
 baseline and MLServer, for the same artifacts, on 127.0.0.1.
 
     .venv/bin/python bench/run.py [--requests 300] [--only kepler,mlserver] [--routes xgboost,ensemble]
-                                  [--ray-env RAY_SERVE_X=1] [--out bench/results]
+                                  [--set Router.user_config.batching.calls_in_flight=1]
+                                  [--ingress proxy] [--ray-env RAY_SERVE_X=1] [--out bench/results]
+
+One lever per run: --set changes serve_config.yaml, --ingress and --ray-env the environment of
+`ray start`; --out elsewhere keeps bench/results for the run of record.
 
 Prints p50/p95/p99 and throughput per route at concurrency 1 and 16, memory per replica (USS and
 PSS), the targets as ratios, and a comparison with the previous run; writes benchmark.json (kept
@@ -44,14 +48,36 @@ def bench_row() -> list[float]:
     return [float(v) for v in complete[0]]
 
 
-def kepler_config(key: str) -> dict:
+def kepler_config(key: str, overrides: list[str] = ()) -> dict:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
     app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = f"bench:{hash_key(key)}:predict:100000000"
     for deployment in app["deployments"]:
         if deployment["name"] == "Router":
             deployment["user_config"]["auth"] = {"enabled": True, "requests_per_minute": 100}
+    for override in overrides:
+        apply_override(app, override)
     return config
+
+
+def apply_override(app: dict, override: str) -> None:
+    """`Router.user_config.batching.calls_in_flight=1` (a deployment entry) or `env.NAME=VALUE` (the
+    application's runtime_env): one lever changed for a run, the value read as YAML."""
+    path, _, value = override.partition("=")
+    first, *keys = path.split(".")
+    if not keys or not value:
+        raise SystemExit(f"--set {override!r}: expected DEPLOYMENT.key[.key...]=VALUE or env.NAME=VALUE")
+    if first == "env":
+        node, keys = app["runtime_env"]["env_vars"], keys
+        value = str(value)
+    else:
+        node = next((d for d in app["deployments"] if d["name"] == first), None)
+        if node is None:
+            raise SystemExit(f"--set {override!r}: no deployment {first!r} in serve_config.yaml")
+        value = yaml.safe_load(value)
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
 
 
 def baseline_config() -> dict:
@@ -169,7 +195,9 @@ def targets(results: dict) -> list[dict]:
 
 
 def markdown(results: dict, previous: dict | None) -> str:
-    lines = [f"benchmark of {results['started']} on {results['machine']['cpus']} CPUs ({results['machine']['platform']})",
+    lines = [f"benchmark of {results['started']} on {results['machine']['cpus']} CPUs ({results['machine']['platform']}), "
+             f"ingress: {results.get('ingress', 'proxy')}{', ray env ' + str(results['ray_env']) if results.get('ray_env') else ''}"
+             f"{', overrides ' + ' '.join(results['overrides']) if results.get('overrides') else ''}",
              "", "| server | route | c | p50 ms | p95 ms | p99 ms | req/s | failed | vs previous req/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for server in ("floor", "kepler", "one_deployment", "mlserver"):
@@ -214,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "e.g. 'xgboost,ensemble,batch32 ensemble,v2 xgboost'")
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
                         help="Serve's HAProxy ingress (configs/ingress.env) or its Python proxy actor")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", dest="overrides",
+                        help="change serve_config.yaml for this run: Router.user_config.batching.calls_in_flight=1, "
+                             "xgboost.user_config.batch_wait_timeout_s=0.002, env.RAY_SERVE_USE_GRPC_BY_DEFAULT=0")
     parser.add_argument("--ray-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of `ray start` (Serve's proxy and controller settings); repeatable")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -226,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     row, key = bench_row(), secrets.token_hex(16)
     results = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "ray_env": ray_env,
-               "ingress": args.ingress}
+               "ingress": args.ingress, "overrides": args.overrides}
     if "floor" in only:
         results["floor"] = measure_floor(registry, versions, row, args.requests)
     if only & {"kepler", "one_deployment"}:
@@ -234,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         node = LocalCluster(workers=0, head_cpus=2, env=ray_env, haproxy=args.ingress == "haproxy").start()
         try:
             if "kepler" in only:
-                node.deploy(kepler_config(key))
+                node.deploy(kepler_config(key, args.overrides))
                 node.wait_running()
                 results["kepler"] = measure_kepler(key, row, args.requests, routes)
                 results["memory"] = replica_memory(node)

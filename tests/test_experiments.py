@@ -232,12 +232,19 @@ def test_a_failing_shadow_never_fails_or_changes_a_response(lab):
     lab.wait_for("xgboost", ("running",))
     pinned = {i: lab.predict("xgboost", i, None) for i in range(20)}  # answers before any shadow failure
     with lab.frozen("xgboost_shadow"):
-        answers = [lab.predict("xgboost", i) for i in range(200)]
-        view = lab.view()["experiments"]["xgboost"]["variants"]["shadow"]
+        # Both shadow workers gather copies for 0.5 s, then hang on the frozen replica: copies
+        # after that fill the queue of 8. Keep sending past that point however fast answers come.
+        answers, frozen_at = [], time.monotonic()
+        while len(answers) < 200 or (time.monotonic() - frozen_at < 3 and len(answers) < 2000):
+            answers.append(lab.predict("xgboost", len(answers)))
+        synced_by = time.monotonic() + 5  # routers report their counts to the controller every second
+        while not (view := lab.view()["experiments"]["xgboost"]["variants"]["shadow"]).get("dropped") \
+                and time.monotonic() < synced_by:
+            time.sleep(0.2)
     assert all(status == 200 for status, _ in answers)
     for i, (_, body) in enumerate(answers[:20]):
         assert body["probabilities"] == pinned[i][1]["probabilities"] and body["version"] == pinned[i][1]["version"]
-    print(f"\nfrozen shadow: 200 responses all 200, {view.get('dropped', 0)} copies dropped")
+    print(f"\nfrozen shadow: {len(answers)} responses all 200, {view.get('dropped', 0)} copies dropped")
     assert view.get("dropped", 0) > 0  # the bounded queue filled and shed copies instead of waiting
 
 
