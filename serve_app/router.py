@@ -311,7 +311,7 @@ class Router:
         """One model deployment's answer; `variant` picks the stable (primary), candidate or shadow one."""
         deployment = name if variant == "primary" else f"{name}_{variant}"
         try:
-            result = await self._call_once_more_on_death(deployment, version, rows)
+            result = await self._through_breaker(deployment, version, rows)
         except Exception:
             self.metrics.failed(name, version, len(rows), variant)
             raise
@@ -358,7 +358,9 @@ class Router:
     async def _shadow_answer(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
         return await self._call(name, version, rows, "shadow")
 
-    async def _call_once_more_on_death(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+    async def _through_breaker(self, name: str, version: str, rows: np.ndarray) -> np.ndarray:
+        """Turned away while the deployment's breaker is open; otherwise batched with concurrent
+        requests for the same version into one call (`_send`)."""
         breaker = self.breakers[name]
         if not breaker.allow():
             raise BreakerOpen(f"{name} is failing; its circuit breaker is open. Retry in {breaker.retry_after_s()} s")
@@ -373,7 +375,8 @@ class Router:
         return self._version_handles[key]
 
     async def _send(self, key: tuple[str, str], rows: np.ndarray, request_ids: list[str]) -> np.ndarray:
-        """One handle call for the rows of one or more requests (the coalescer's batch)."""
+        """One handle call for the rows of one or more requests (the coalescer's batch), retried
+        once on another replica when its replica dies; its outcome feeds the breaker once."""
         name, version = key
         breaker = self.breakers[name]
         handle = self._handle(name, version)
