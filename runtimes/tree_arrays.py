@@ -27,9 +27,8 @@ class PackedForest:
             features.append(np.where(leaf, 0, nodes["feature"]))
             thresholds.append(np.where(leaf, np.inf, nodes["threshold"]))
             missing_left.append(nodes["missing_go_to_left"].astype(bool))
-            counts = np.asarray(tree.value[:, 0, :], dtype=np.float64)
-            totals = counts.sum(axis=1, keepdims=True)
-            values.append(counts / np.where(totals == 0, 1.0, totals))  # as DecisionTreeClassifier normalises
+            # scikit-learn (>= 1.4) stores each node's class fractions and answers them as they are.
+            values.append(np.asarray(tree.value[:, 0, :], dtype=np.float64))
         self.children = np.concatenate(children).ravel()  # left child at 2i, right child at 2i + 1
         self.feature = np.concatenate(features)
         self.threshold = np.concatenate(thresholds)
