@@ -68,8 +68,9 @@ def apply_override(app: dict, override: str) -> None:
     if not keys or not value:
         raise SystemExit(f"--set {override!r}: expected DEPLOYMENT.key[.key...]=VALUE or env.NAME=VALUE")
     if first == "env":
-        node, keys = app["runtime_env"]["env_vars"], keys
-        value = str(value)
+        if len(keys) != 1:
+            raise SystemExit(f"--set {override!r}: expected env.NAME=VALUE")
+        node, value = app["runtime_env"]["env_vars"], str(value)
     else:
         node = next((d for d in app["deployments"] if d["name"] == first), None)
         if node is None:

@@ -194,20 +194,25 @@ class LocalCluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_session_members(n["pid"]) for n in self.nodes):
+            time.sleep(0.1)
 
     def state(self) -> dict:
         return {"root": str(self.root), "dashboard_url": self.dashboard_url, "nodes": self.nodes}
 
 
 def _session_members(session_id: int) -> list[int]:
-    """Processes of the session that `ray start` (started with start_new_session) leads."""
+    """Live processes (zombies aside) of the session that `ray start`, started with
+    start_new_session, leads."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == session_id:
+                if os.getsid(int(entry.name)) == session_id and \
+                        (entry / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
                     members.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
+            except (OSError, IndexError):
                 continue
     return members
 

@@ -35,7 +35,8 @@ class Coalescer:
         self.max_rows = max_rows
         self._queues: dict[Hashable, deque[_Waiting]] = defaultdict(deque)
         self._senders: dict[Hashable, int] = defaultdict(int)
-        self.calls = 0  # handle calls made, for the metrics and the tests
+        self._tasks: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them until done
+        self.calls = 0  # handle calls made, for the tests
 
     async def __call__(self, key: Hashable, rows: np.ndarray, request_id: str) -> np.ndarray:
         if self.calls_in_flight <= 0:
@@ -45,7 +46,9 @@ class Coalescer:
         self._queues[key].append(waiting)
         if self._senders[key] < self.calls_in_flight:
             self._senders[key] += 1
-            asyncio.ensure_future(self._send_while_waiting(key))
+            task = asyncio.ensure_future(self._send_while_waiting(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await waiting.answer
 
     async def _send_while_waiting(self, key: Hashable) -> None:

@@ -64,10 +64,10 @@ class ModelServer:
         if self.default_version not in self.pinned:
             raise RuntimeError(f"{self.model_name} {self.default_version} is not loaded")
 
-    async def predict(self, version: str, rows: np.ndarray, request_ids: list[str] | str = ()) -> np.ndarray:
+    async def predict(self, version: str, rows: np.ndarray, request_ids: list[str] = ()) -> np.ndarray:
         """Probabilities [n, 3] for rows [n, 36] from a concrete version; `request_ids` are those of
         the requests whose rows the router gathered into this call (for the batch log)."""
-        request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        request_ids = list(request_ids)
         if not is_version(version):
             raise BadRequest(f"model version must be concrete, got {version!r}")
         self.metrics.cache(hit=version in self.loaded_versions())

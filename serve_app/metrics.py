@@ -22,7 +22,7 @@ def _zero(counter: Counter, tags: dict[str, str]) -> None:
     counter._record(0.0, tags=tags)
 
 
-class HeldGauges:
+class MetricBuffer:
     """Gauges whose last value is re-recorded every second, and counters summed in-process and
     recorded once a second. Ray's metrics agent forgets a gauge series that no export refreshed
     within two export intervals, and a value set once (a load time, a closed breaker) would
@@ -33,7 +33,7 @@ class HeldGauges:
         self._values: dict[tuple[int, tuple], tuple[Gauge, dict, float]] = {}
         self._counts: dict[tuple[int, tuple], list] = {}  # -> [counter, tags, pending increment]
         self._lock = threading.Lock()
-        threading.Thread(target=self._refresh, args=(period_s,), name="held-gauges", daemon=True).start()
+        threading.Thread(target=self._refresh, args=(period_s,), name="metric-buffer", daemon=True).start()
 
     def set(self, gauge: Gauge, value: float, tags: dict[str, str]) -> None:
         key = (id(gauge), tuple(sorted(tags.items())))
@@ -66,7 +66,7 @@ class HeldGauges:
 
 class RouterMetrics:
     def __init__(self, models: list[str]):
-        self.gauges = HeldGauges()
+        self.buffer = MetricBuffer()
         self.predictions = Counter("predictions_total", "Model answers, one per row and model",
                                    tag_keys=("model", "version", "variant", "status", "class"))
         self.latency = Histogram("prediction_latency_seconds", "Router-side latency of a prediction request",
@@ -77,7 +77,7 @@ class RouterMetrics:
         self.requests = Counter("http_requests_total", "Requests by route and status code",
                                 tag_keys=("route", "code"))
         for model in models:
-            self.gauges.set(self.breaker, 0, {"model": model})
+            self.buffer.set(self.breaker, 0, {"model": model})
             _zero(self.shadow_dropped, {"model": model})
 
     def zero_model(self, model: str, version: str) -> None:
@@ -88,24 +88,24 @@ class RouterMetrics:
 
     def answered(self, model: str, version: str, predicted: list[str], variant: str = "primary") -> None:
         for label, count in Tally(predicted).items():
-            self.gauges.inc(self.predictions, count, {"model": model, "version": version, "variant": variant,
+            self.buffer.inc(self.predictions, count, {"model": model, "version": version, "variant": variant,
                                                       "status": "ok", "class": label})
 
     def failed(self, model: str, version: str, rows: int, variant: str = "primary") -> None:
-        self.gauges.inc(self.predictions, rows, {"model": model, "version": version, "variant": variant,
+        self.buffer.inc(self.predictions, rows, {"model": model, "version": version, "variant": variant,
                                                  "status": "error", "class": "none"})
 
     def observe_latency(self, model: str, version: str, seconds: float) -> None:
         self.latency.observe(seconds, tags={"model": model, "version": version})
 
     def breaker_state(self, model: str, state: str) -> None:
-        self.gauges.set(self.breaker, BREAKER_STATES[state], {"model": model})
+        self.buffer.set(self.breaker, BREAKER_STATES[state], {"model": model})
 
     def dropped_shadow(self, model: str) -> None:
         self.shadow_dropped.inc(tags={"model": model})
 
     def request(self, route: str, code: int) -> None:
-        self.gauges.inc(self.requests, 1, {"route": route, "code": str(code)})
+        self.buffer.inc(self.requests, 1, {"route": route, "code": str(code)})
 
 
 class ControllerMetrics:
@@ -122,7 +122,7 @@ class ControllerMetrics:
 class ModelMetrics:
     def __init__(self, model: str):
         self.model = model
-        self.gauges = HeldGauges()
+        self.buffer = MetricBuffer()
         self.load_time = Gauge("model_load_time_seconds", "Time to pull, verify, load and warm a version",
                                tag_keys=("model", "version"))
         self.active = Gauge("active_models_count", "Versions loaded in this replica", tag_keys=("model",))
@@ -132,8 +132,8 @@ class ModelMetrics:
         _zero(self.misses, {"model": model})
 
     def loaded(self, version: str, seconds: float, active: int) -> None:
-        self.gauges.set(self.load_time, seconds, {"model": self.model, "version": version})
-        self.gauges.set(self.active, active, {"model": self.model})
+        self.buffer.set(self.load_time, seconds, {"model": self.model, "version": version})
+        self.buffer.set(self.active, active, {"model": self.model})
 
     def cache(self, hit: bool) -> None:
-        self.gauges.inc(self.hits if hit else self.misses, 1, {"model": self.model})
+        self.buffer.inc(self.hits if hit else self.misses, 1, {"model": self.model})

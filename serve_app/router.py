@@ -371,6 +371,8 @@ class Router:
         a request-router config each time it is called."""
         key = (name, version)
         if key not in self._version_handles:
+            if len(self._version_handles) >= 64:  # callers may name any version: keep the newest only
+                del self._version_handles[next(iter(self._version_handles))]
             self._version_handles[key] = self.handles[name].options(multiplexed_model_id=version)
         return self._version_handles[key]
 

@@ -179,3 +179,8 @@ def serve_app(trained_registry, publisher_keys, jwt_issuer, tmp_path_factory):
         yield node
     finally:
         node.stop()
+        # Nothing the node started outlives it (HAProxy would keep port 8000 from the next cluster).
+        from .ray_cluster import local_cluster
+
+        left = [pid for n in node.nodes for pid in local_cluster._session_members(n["pid"])]
+        assert not left, f"processes left by the stopped node: {left}"

@@ -245,3 +245,21 @@ def test_a_version_that_cannot_load_fails_only_its_requests(serve_app, trained_r
         assert health["status"] == "healthy" and health["breakers"]["xgboost"] == "closed"
     finally:
         trained_registry.archive("xgboost", "9.0.0")
+
+
+def test_requests_reach_the_router_through_haproxy(serve_app):
+    """configs/ingress.env took effect: HAProxy holds port 8000 and passes predictions to the
+    Router replica's own HTTP server (its statistics count them), not to Serve's proxy actor."""
+    import csv
+    import io
+
+    def router_answers() -> int:
+        text = requests.get("http://127.0.0.1:8404/stats;csv", timeout=10).text.lstrip("# ")
+        rows = [r for r in csv.DictReader(io.StringIO(text)) if "Router" in r["svname"]]
+        assert rows, text[:500]
+        return sum(int(r["hrsp_2xx"] or 0) for r in rows)
+
+    before = router_answers()
+    for _ in range(5):
+        assert post(PREDICT, {"features": as_json_row(held_out(1)[0]), "model": "xgboost"}).status_code == 200
+    assert router_answers() - before >= 5
