@@ -33,7 +33,7 @@ def config(admin_key: str, shadow: str | None) -> dict:
     app["args"]["experiment_pools"] = {"xgboost": {"candidate": False, "shadow": True}}
     app["deployments"] = [d for d in app["deployments"] if d["name"] != "xgboost_candidate"]
     app["deployments"].append({"name": "xgboost_shadow", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1},
-                               "user_config": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002}})
+                               "user_config": {"max_batch_size": 32, "batch_wait_timeout_s": 0}})
     for deployment in app["deployments"]:
         if deployment["name"] == "Router":
             deployment["user_config"]["experiments"] = (
