@@ -18,6 +18,7 @@ import numpy as np
 from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
 from .schema import N_CLASSES, N_FEATURES
+from .sklearn_internals import TreeState, fitted_forest, fitted_tree, tree_state
 from .tree_arrays import PackedForest
 
 PARAMS = {"n_estimators": 400, "min_samples_leaf": 1, "max_features": "sqrt", "class_weight": None,
@@ -50,10 +51,10 @@ class RandomForestRuntime(FrameworkRuntime):
     def _save_model(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {"n_trees": np.array([len(self.model.estimators_)])}
         for i, tree in enumerate(self.model.estimators_):
-            state = tree.tree_.__getstate__()
-            arrays[f"tree{i}_nodes"] = state["nodes"]
-            arrays[f"tree{i}_values"] = state["values"]
-            arrays[f"tree{i}_max_depth"] = np.array([state["max_depth"]])
+            state = tree_state(tree)
+            arrays[f"tree{i}_nodes"] = state.nodes
+            arrays[f"tree{i}_values"] = state.values
+            arrays[f"tree{i}_max_depth"] = np.array([state.max_depth])
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for key, array in arrays.items():
                 buffer = io.BytesIO()
@@ -63,26 +64,12 @@ class RandomForestRuntime(FrameworkRuntime):
 
     @classmethod
     def load(cls, directory: Path, threads: int | None = None) -> "RandomForestRuntime":
-        from sklearn.ensemble import RandomForestClassifier
-        from sklearn.tree import DecisionTreeClassifier
-        from sklearn.tree._tree import Tree
-
         classes = np.arange(N_CLASSES)
         with np.load(Path(directory) / cls.model_file, allow_pickle=False) as arrays:
-            trees = []
-            for i in range(int(arrays["n_trees"][0])):
-                tree = Tree(N_FEATURES, np.array([N_CLASSES], dtype=np.intp), 1)
-                nodes = arrays[f"tree{i}_nodes"]
-                tree.__setstate__({"max_depth": int(arrays[f"tree{i}_max_depth"][0]), "node_count": len(nodes),
-                                   "nodes": nodes, "values": arrays[f"tree{i}_values"]})
-                estimator = DecisionTreeClassifier()
-                estimator.tree_, estimator.classes_, estimator.n_classes_ = tree, classes, N_CLASSES
-                estimator.n_outputs_, estimator.n_features_in_, estimator.max_features_ = 1, N_FEATURES, N_FEATURES
-                trees.append(estimator)
-        forest = RandomForestClassifier(n_estimators=len(trees), n_jobs=threads or 1)
-        forest.estimators_, forest.classes_, forest.n_classes_ = trees, classes, N_CLASSES
-        forest.n_outputs_, forest.n_features_in_ = 1, N_FEATURES
-        runtime = cls(forest, Preprocessor.load(directory))
+            trees = [fitted_tree(TreeState(arrays[f"tree{i}_nodes"], arrays[f"tree{i}_values"],
+                                           int(arrays[f"tree{i}_max_depth"][0])), N_FEATURES, classes)
+                     for i in range(int(arrays["n_trees"][0]))]
+        runtime = cls(fitted_forest(trees, n_jobs=threads or 1), Preprocessor.load(directory))
         runtime.packed  # noqa: B018 - packed now, not on the first request
         return runtime
 

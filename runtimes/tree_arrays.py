@@ -18,15 +18,15 @@ class PackedForest:
         self.roots = np.cumsum([0, *sizes[:-1]])
         children, features, thresholds, missing_left, values = [], [], [], [], []
         for offset, tree in zip(self.roots, trees):
-            nodes = tree.__getstate__()["nodes"]
-            index = np.arange(len(nodes)) + offset
-            leaf = nodes["left_child"] < 0
+            # The tree's documented node arrays (tests/test_upstream_internals.py checks their shapes).
+            index = np.arange(tree.node_count) + offset
+            leaf = tree.children_left < 0
             # A leaf points at itself, so rows that reached one stay put while deeper trees finish.
-            children.append(np.stack([np.where(leaf, index, nodes["left_child"] + offset),
-                                      np.where(leaf, index, nodes["right_child"] + offset)], axis=1))
-            features.append(np.where(leaf, 0, nodes["feature"]))
-            thresholds.append(np.where(leaf, np.inf, nodes["threshold"]))
-            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            children.append(np.stack([np.where(leaf, index, tree.children_left + offset),
+                                      np.where(leaf, index, tree.children_right + offset)], axis=1))
+            features.append(np.where(leaf, 0, tree.feature))
+            thresholds.append(np.where(leaf, np.inf, tree.threshold))
+            missing_left.append(tree.missing_go_to_left.astype(bool))
             # scikit-learn (>= 1.4) stores each node's class fractions and answers them as they are.
             values.append(np.asarray(tree.value[:, 0, :], dtype=np.float64))
         self.children = np.concatenate(children).ravel()  # left child at 2i, right child at 2i + 1

@@ -11,15 +11,12 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from runtimes.schema import LABELS
 
+from .ray_internals import zero_counter
+
 # Milliseconds to seconds: a prediction takes 1-50 ms here, an overloaded one seconds.
 LATENCY_BUCKETS = [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-def _zero(counter: Counter, tags: dict[str, str]) -> None:
-    # Counter.inc refuses 0; recording 0 creates the series without counting an event.
-    counter._record(0.0, tags=tags)
 
 
 class MetricBuffer:
@@ -78,13 +75,13 @@ class RouterMetrics:
                                 tag_keys=("route", "code"))
         for model in models:
             self.buffer.set(self.breaker, 0, {"model": model})
-            _zero(self.shadow_dropped, {"model": model})
+            zero_counter(self.shadow_dropped, {"model": model})
 
     def zero_model(self, model: str, version: str) -> None:
         for label in LABELS:
             for status in ("ok", "error"):
-                _zero(self.predictions, {"model": model, "version": version, "variant": "primary",
-                                         "status": status, "class": label if status == "ok" else "none"})
+                zero_counter(self.predictions, {"model": model, "version": version, "variant": "primary",
+                                                "status": status, "class": label if status == "ok" else "none"})
 
     def answered(self, model: str, version: str, predicted: list[str], variant: str = "primary") -> None:
         for label, count in Tally(predicted).items():
@@ -113,7 +110,7 @@ class ControllerMetrics:
         self.rollbacks = Counter("rollbacks_total", "Automatic or manual experiment rollbacks",
                                  tag_keys=("model", "reason"))
         for model in models:
-            _zero(self.rollbacks, {"model": model, "reason": "none"})
+            zero_counter(self.rollbacks, {"model": model, "reason": "none"})
 
     def rolled_back(self, model: str, reason: str) -> None:
         self.rollbacks.inc(tags={"model": model, "reason": reason})
@@ -128,8 +125,8 @@ class ModelMetrics:
         self.active = Gauge("active_models_count", "Versions loaded in this replica", tag_keys=("model",))
         self.hits = Counter("cache_hits_total", "Requests served by an already loaded version", tag_keys=("model",))
         self.misses = Counter("cache_misses_total", "Requests that had to load their version", tag_keys=("model",))
-        _zero(self.hits, {"model": model})
-        _zero(self.misses, {"model": model})
+        zero_counter(self.hits, {"model": model})
+        zero_counter(self.misses, {"model": model})
 
     def loaded(self, version: str, seconds: float, active: int) -> None:
         self.buffer.set(self.load_time, seconds, {"model": self.model, "version": version})

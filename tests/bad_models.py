@@ -11,6 +11,7 @@ import numpy as np
 from runtimes.preprocessing import Preprocessor
 from runtimes.random_forest import RandomForestRuntime
 from runtimes.schema import LABELS
+from runtimes.sklearn_internals import TreeState, fitted_tree, tree_state
 from runtimes.xgboost_runtime import XGBoostRuntime
 from training.data import load_snapshot
 
@@ -65,15 +66,13 @@ def slow_forest():
     walks trees a level at a time, so each call takes tens of milliseconds. The chain's leaf
     holds the training labels' own distribution, so the answers barely move."""
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.tree import DecisionTreeClassifier
-    from sklearn.tree._tree import Tree
 
     X, y = _training_rows()
     preprocessor = Preprocessor.fit(X, log_skewed=False, impute=True, standardize=False)
     forest = RandomForestClassifier(n_estimators=100, max_depth=6, n_jobs=2, random_state=0)
     forest.fit(preprocessor.transform(X), y)
     depth = 5000
-    nodes = np.zeros(depth + 1, dtype=forest.estimators_[0].tree_.__getstate__()["nodes"].dtype)
+    nodes = np.zeros(depth + 1, dtype=tree_state(forest.estimators_[0]).nodes.dtype)
     nodes["left_child"][:depth] = np.arange(1, depth + 1)
     nodes["right_child"][:depth] = depth
     nodes["left_child"][depth] = nodes["right_child"][depth] = -1  # the one leaf
@@ -82,12 +81,7 @@ def slow_forest():
     nodes["missing_go_to_left"][:depth] = 1
     nodes["n_node_samples"] = nodes["weighted_n_node_samples"] = len(y)
     values = np.tile(np.bincount(y, minlength=len(LABELS)) / len(y), (depth + 1, 1))[:, None, :]
-    chain = Tree(X.shape[1], np.array([len(LABELS)], dtype=np.intp), 1)
-    chain.__setstate__({"max_depth": depth, "node_count": depth + 1, "nodes": nodes, "values": values})
-    estimator = DecisionTreeClassifier()
-    estimator.tree_, estimator.classes_, estimator.n_classes_ = chain, forest.classes_, len(LABELS)
-    estimator.n_outputs_, estimator.n_features_in_, estimator.max_features_ = 1, X.shape[1], X.shape[1]
-    forest.estimators_.append(estimator)
+    forest.estimators_.append(fitted_tree(TreeState(nodes, values, depth), X.shape[1], forest.classes_))
     forest.n_estimators = len(forest.estimators_)
     return RandomForestRuntime(forest, preprocessor)
 
