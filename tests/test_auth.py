@@ -1,18 +1,25 @@
-"""Credentials, scopes and limits without Ray: API keys, JWTs of both algorithms, the scope map
-and the token buckets."""
+"""Credentials, scopes and limits without Ray: API keys, JWTs of both algorithms (and hostile
+ones), the scope map and the token buckets."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from serve_app import auth as auth_module
 from serve_app.access import TokenBuckets, required_scope
-from serve_app.auth import AuthError, Authenticator, JwtVerifier, hash_key, parse_keys
+from serve_app.auth import MAX_TOKEN_CHARS, AuthError, Authenticator, JwtVerifier, hash_key, parse_keys
+
+from .conftest import JwtIssuer
+
+ISSUER, AUDIENCE = JwtIssuer.ISSUER, JwtIssuer.AUDIENCE
 
 
 def _b64(data: bytes) -> str:
@@ -22,6 +29,31 @@ def _b64(data: bytes) -> str:
 def _token(sign, alg: str, **claims) -> str:
     signing_input = f"{_b64(json.dumps({'alg': alg}).encode())}.{_b64(json.dumps(claims).encode())}"
     return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+
+
+def _signed(sign, header: bytes, payload: bytes) -> str:
+    """A token from raw header and payload bytes, validly signed: what is wrong is inside."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+
+
+def _claims(**overrides) -> dict:
+    claims = {"sub": "ci", "iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + 60, "scope": "predict admin"}
+    return {k: v for k, v in {**claims, **overrides}.items() if v is not None}
+
+
+@pytest.fixture(scope="module")
+def ed_key() -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _rsa_sign(key):
+    return lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
 def _pem(private_key) -> bytes:
@@ -44,24 +76,128 @@ def test_api_keys_are_configured_as_hashes_with_scopes():
 
 
 @pytest.mark.parametrize("algorithm", ["EdDSA", "RS256"])
-def test_jwts_of_either_algorithm_are_verified(algorithm):
-    if algorithm == "EdDSA":
-        key = ed25519.Ed25519PrivateKey.generate()
-        sign = key.sign
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        sign = lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # noqa: E731
-    verifier = JwtVerifier(_pem(key), audience="kepler-serve")
-    claims = {"sub": "ci", "aud": "kepler-serve", "exp": time.time() + 60, "scope": "predict admin"}
-    principal = verifier.verify(_token(sign, algorithm, **claims))
+def test_jwts_of_either_algorithm_are_verified(algorithm, ed_key, rsa_key):
+    key, sign = (ed_key, ed_key.sign) if algorithm == "EdDSA" else (rsa_key, _rsa_sign(rsa_key))
+    verifier = JwtVerifier(_pem(key), audience=AUDIENCE, issuer=ISSUER)
+    principal = verifier.verify(_token(sign, algorithm, **_claims()))
     assert principal.name == "jwt:ci" and principal.scopes == {"predict", "admin"}
-    for bad, why in ((_token(sign, algorithm, **{**claims, "exp": time.time() - 60}), "expired"),
-                     (_token(sign, algorithm, **{**claims, "aud": "other"}), "audience"),
-                     (_token(sign, "HS256", **claims), "alg"),
-                     (_token(lambda data: b"", "none", **claims), "alg"),
-                     (_token(sign, algorithm, **claims)[:-4] + "AAAA", "signature")):
-        with pytest.raises(AuthError, match=why):
+    assert verifier.verify(_token(sign, algorithm, **_claims(scope=None, scopes=["predict", "x"]))).scopes == {"predict"}
+    assert verifier.verify(_token(sign, algorithm, **_claims(aud=["other", AUDIENCE]))).name == "jwt:ci"
+    for bad, why in ((_token(sign, algorithm, **_claims(exp=time.time() - 60)), "(?i)expired"),
+                     (_token(sign, algorithm, **_claims(nbf=time.time() + 600)), "(?i)not yet valid"),
+                     (_token(sign, algorithm, **_claims(aud="other")), "(?i)audience"),
+                     (_token(sign, algorithm, **_claims(iss="https://elsewhere.test")), "(?i)issuer"),
+                     (_token(sign, algorithm, **_claims(exp=None)), 'missing the "exp"'),
+                     (_token(sign, algorithm, **_claims(iss=None)), 'missing the "iss"'),
+                     (_token(sign, algorithm, **_claims(aud=None)), 'missing the "aud"'),
+                     (_token(sign, algorithm, **_claims())[:-4] + "AAAA", "(?i)signature")):
+        with pytest.raises(AuthError, match=why) as error:
             verifier.verify(bad)
+        assert error.value.status == 401
+
+
+@pytest.mark.parametrize("algorithm", ["EdDSA", "RS256"])
+def test_the_algorithm_is_pinned_by_the_key(algorithm, ed_key, rsa_key):
+    key = ed_key if algorithm == "EdDSA" else rsa_key
+    pem = _pem(key)
+    verifier = JwtVerifier(pem, audience=AUDIENCE, issuer=ISSUER)
+    assert verifier.algorithm == algorithm
+    other = ("RS256", _rsa_sign(rsa_key)) if algorithm == "EdDSA" else ("EdDSA", ed_key.sign)
+    for bad in (_token(lambda data: hmac.new(pem, data, hashlib.sha256).digest(), "HS256", **_claims()),
+                _token(lambda data: b"", "none", **_claims()),
+                _token(lambda data: b"", "None", **_claims()),
+                _token(other[1], other[0], **_claims()),  # signed with the other key type's algorithm
+                _token(key.sign if algorithm == "EdDSA" else _rsa_sign(key), other[0], **_claims())):
+        with pytest.raises(AuthError) as error:
+            verifier.verify(bad)
+        assert error.value.status == 401
+    with pytest.raises(ValueError, match="Ed25519 or RSA"):
+        JwtVerifier(_pem(ec.generate_private_key(ec.SECP256R1())), audience=AUDIENCE, issuer=ISSUER)
+
+
+def test_oversized_tokens_are_refused_before_decoding(ed_key, monkeypatch):
+    verifier = JwtVerifier(_pem(ed_key), audience=AUDIENCE, issuer=ISSUER)
+    decoded = []
+    monkeypatch.setattr(auth_module.jwt, "decode", lambda *args, **kwargs: decoded.append(args))
+    token = _token(ed_key.sign, "EdDSA", **_claims(pad="x" * MAX_TOKEN_CHARS))
+    with pytest.raises(AuthError, match="longer than") as error:
+        verifier.verify(token)
+    assert error.value.status == 401 and decoded == []
+
+
+@pytest.mark.parametrize("capped", [True, False], ids=["capped", "uncapped"])
+def test_hostile_tokens_are_401s_and_nothing_else(capped, ed_key, monkeypatch):
+    if not capped:  # what the decoder itself makes of them, had they been short enough
+        monkeypatch.setattr(auth_module, "MAX_TOKEN_CHARS", 10**7)
+    auth = Authenticator({}, JwtVerifier(_pem(ed_key), audience=AUDIENCE, issuer=ISSUER))
+    sign, alg = ed_key.sign, json.dumps({"alg": "EdDSA"}).encode()
+    claims = json.dumps(_claims()).encode()
+    deep = ("[" * 10_000 + "]" * 10_000).encode()
+    hostile = [
+        _signed(sign, b'{"alg": "EdDSA", "x": ' + deep + b"}", claims),  # a header nested 10,000 deep
+        _signed(sign, alg, b'{"x": ' + deep + b"}"),
+        _signed(sign, deep, claims),
+        _signed(sign, b'{"alg": "EdDSA", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", claims),  # under the cap
+        _signed(sign, b"not json", claims),
+        _signed(sign, alg, b"not json"),
+        _signed(sign, b"[1, 2]", claims),
+        _signed(sign, alg, b"[1, 2]"),
+        _signed(sign, b'{"alg": ["EdDSA"]}', claims),
+        _signed(sign, b'{"alg": null}', claims),
+        _signed(sign, b"\xff\xfe", claims),
+        _signed(sign, alg, b"\xff\xfe"),
+        _signed(sign, alg, b'{"exp": 1' + b"0" * 5000 + b', "iss": "https://issuer.test", "aud": "kepler-serve"}'),
+        _signed(sign, alg, json.dumps(_claims(exp=1e308 * 10)).encode()),  # Infinity
+        _signed(sign, alg, json.dumps(_claims(exp=float("nan"))).encode()),
+        _signed(sign, alg, json.dumps(_claims(exp="tomorrow")).encode()),
+        _signed(sign, alg, json.dumps(_claims(nbf=[1])).encode()),
+        _signed(sign, alg, json.dumps(_claims(iat=10**30)).encode()),
+        _signed(sign, alg, json.dumps(_claims(iss=["https://issuer.test"])).encode()),
+        _signed(sign, alg, json.dumps(_claims(aud={"kepler-serve": 1})).encode()),
+        _signed(sign, alg, json.dumps(_claims(sub=12)).encode()),
+        _signed(sign, alg, json.dumps(_claims(scope=["predict"])).encode()),
+        _signed(sign, alg, json.dumps(_claims(scope=7)).encode()),
+        _signed(sign, alg, json.dumps(_claims(scopes="predict")).encode()),
+        _signed(sign, alg, json.dumps(_claims(scopes=[["predict"]])).encode()),
+        _signed(sign, alg, json.dumps(_claims(scopes={"predict": True})).encode()),
+        "..", "a.b.c", "!!!.@@@.###", "é.é.é", "\ud800.\udfff.x", "\x00.\x00.\x00",
+        f"{_b64(alg)}.{_b64(claims)}.", f"{_b64(alg)}.{_b64(claims)}.====", f"{_b64(alg)}..",
+        ".".join(["A" * 3000] * 3),
+    ]
+    for token in hostile:
+        with pytest.raises(AuthError) as error:
+            auth.authorize({"authorization": f"Bearer {token}"}, "predict")
+        assert error.value.status == 401, token[:80]
+    for headers in ({"authorization": None}, {"authorization": b"Bearer x.y.z"}, {"x-api-key": 7},
+                    {"authorization": "Bearer \ud800"}, {"x-api-key": "\ud800\x00"}, {"authorization": "Bearer"}):
+        with pytest.raises(AuthError) as error:
+            auth.authorize(headers, "predict")
+        assert error.value.status == 401, headers
+
+
+def test_a_jwt_key_needs_an_issuer_and_an_audience(ed_key, monkeypatch, tmp_path):
+    (tmp_path / "jwt.pub").write_bytes(_pem(ed_key))
+    monkeypatch.delenv("KEPLER_API_KEYS", raising=False)
+    monkeypatch.setenv("KEPLER_JWT_PUBLIC_KEY", str(tmp_path / "jwt.pub"))
+    for issuer, audience, missing in ((None, AUDIENCE, "KEPLER_JWT_ISSUER"), (ISSUER, None, "KEPLER_JWT_AUDIENCE"),
+                                      (" ", AUDIENCE, "KEPLER_JWT_ISSUER"), (None, None, "KEPLER_JWT_ISSUER")):
+        for name, value in (("KEPLER_JWT_ISSUER", issuer), ("KEPLER_JWT_AUDIENCE", audience)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=missing):
+            Authenticator.from_env()
+    monkeypatch.setenv("KEPLER_JWT_ISSUER", ISSUER)
+    monkeypatch.setenv("KEPLER_JWT_AUDIENCE", AUDIENCE)
+    auth = Authenticator.from_env()
+    token = JwtIssuer()
+    token.key = ed_key
+    assert auth.authorize({"authorization": f"Bearer {token.token(sub='ci', exp=time.time() + 60, scope='predict')}"},
+                          "predict").name == "jwt:ci"
+    monkeypatch.delenv("KEPLER_JWT_PUBLIC_KEY")
+    monkeypatch.delenv("KEPLER_JWT_ISSUER")
+    assert Authenticator.from_env().jwt is None  # no key: the other two are not needed
 
 
 def test_the_scope_map():

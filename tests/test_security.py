@@ -11,8 +11,10 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .ray_cluster import ADMIN_KEY, JWT_AUDIENCE, LIMITED_KEY, LIMITED_RPM, PREDICT_KEY, SERVE_URL
+from .ray_cluster import ADMIN_KEY, JWT_AUDIENCE, JWT_ISSUER, LIMITED_KEY, LIMITED_RPM, PREDICT_KEY, SERVE_URL
 from .test_serving import _row
+
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
 
 ROW = {"features": _row(), "model": "xgboost"}
 V2_BODY = {"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP32", "data": [1.0] * 36}]}
@@ -88,7 +90,7 @@ def test_probes_and_scrapes_stay_open_and_admin_needs_admin(secured):
 
 def test_jwt_bearer_tokens_carry_scopes_and_are_checked(secured, jwt_issuer):
     now = time.time()
-    good = {"sub": "pipeline", "aud": JWT_AUDIENCE, "exp": now + 300, "scope": "predict"}
+    good = {"sub": "pipeline", "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "exp": now + 300, "scope": "predict"}
 
     def status(token: str) -> int:
         return _call("POST", "/api/v1/predict", ROW, {"Authorization": f"Bearer {token}"}).status_code
@@ -96,7 +98,8 @@ def test_jwt_bearer_tokens_carry_scopes_and_are_checked(secured, jwt_issuer):
     assert status(jwt_issuer.token(**good)) == 200
     assert status(jwt_issuer.token(**{**good, "exp": now - 120})) == 401  # expired
     assert status(jwt_issuer.token(**{**good, "aud": "someone-else"})) == 401
-    assert status(jwt_issuer.token(key=Ed25519PrivateKey.generate(), **good)) == 401  # another issuer
+    assert status(jwt_issuer.token(**{**good, "iss": "https://elsewhere.test"})) == 401
+    assert status(jwt_issuer.token(key=Ed25519PrivateKey.generate(), **good)) == 401  # an untrusted key
     assert status(jwt_issuer.token(alg="none", **good)) == 401
     assert status(jwt_issuer.token(**{**good, "scope": "profile"})) == 403
     admin = jwt_issuer.token(**{**good, "scope": "predict admin"})
