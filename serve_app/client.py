@@ -5,18 +5,66 @@
     result = client.predict({"koi_period": 9.49, "koi_depth": 615.8}, model="ensemble")
     print(result.prediction, result.probabilities)
 
-Retries with exponential backoff on 503, 429 (honouring Retry-After) and connection errors;
-never on other 4xx, which mean the request itself is wrong. Needs only `requests`.
+Retries are urllib3's `Retry`, mounted on the client's `requests.Session` through an `HTTPAdapter`
+(needs only `requests` and urllib3 2.x, which it brings):
+
+- 429 and 503 are retried up to `retries` times, honouring `Retry-After` (capped at `max_backoff_s`),
+  otherwise after an exponential backoff of `backoff_s`, 2*`backoff_s`, 4*`backoff_s`, ... capped at
+  `max_backoff_s`. Once retries are exhausted the last answer raises `KeplerError` with its status and
+  the server's `error` message.
+- Connection errors (refused, connect timeout) and failed reads are retried the same number of times,
+  for GET and POST alike: predictions are idempotent. Once exhausted the client raises
+  `KeplerConnectionError`, a subclass of both `requests.ConnectionError` and the built-in
+  `ConnectionError`, naming the URL and the number of attempts.
+- 400, 404, 413 and 422 (any other 4xx, in fact) mean the request itself is wrong: they are never
+  retried and raise `KeplerError` at once, even with a `Retry-After` header.
+
+A `session` passed in gets the retrying adapter mounted on it for http:// and https://.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
-RETRY_STATUSES = {429, 503}
+RETRY_STATUSES = frozenset({429, 503})
+# The request itself is wrong (bad body, unknown model or version, too large, failed validation):
+# retrying cannot help, so these are never retried.
+NEVER_RETRY_STATUSES = frozenset({400, 404, 413, 422})
+RETRY_METHODS = frozenset({"GET", "POST"})  # POST too: predictions are idempotent
+
+
+class _Retry(Retry):
+    """urllib3's Retry with this API's rules on top of the defaults."""
+
+    # urllib3 also retries a 413 that carries Retry-After; here only the statuses above are retried.
+    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
+
+    def get_backoff_time(self) -> float:
+        # urllib3 retries the first failure at once; back off before every retry instead:
+        # backoff_factor * 2**(n - 1) after the n-th consecutive failure, capped at backoff_max.
+        if len(self.history) <= 1:
+            return float(max(0.0, min(self.backoff_max, self.backoff_factor)))
+        return super().get_backoff_time()
+
+    def get_retry_after(self, response) -> float | None:
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:  # an unparsable Retry-After falls back to the backoff
+            return None
+
+
+def make_retry(retries: int, backoff_s: float, max_backoff_s: float) -> Retry:
+    """The retry policy of `KeplerClient`, for mounting on any `requests.Session`."""
+    return _Retry(total=retries, connect=retries, read=retries, status=retries,
+                  allowed_methods=RETRY_METHODS, status_forcelist=RETRY_STATUSES,
+                  backoff_factor=backoff_s, backoff_max=max_backoff_s,
+                  respect_retry_after_header=True, retry_after_max=max_backoff_s,
+                  raise_on_status=False)
 
 
 class KeplerError(Exception):
@@ -24,6 +72,10 @@ class KeplerError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+class KeplerConnectionError(requests.ConnectionError, ConnectionError):
+    """The server could not be reached (or stopped answering) after every retry."""
 
 
 @dataclass
@@ -63,36 +115,28 @@ class KeplerClient:
     max_backoff_s: float = 10.0
     session: requests.Session = field(default_factory=requests.Session)
 
+    def __post_init__(self) -> None:
+        adapter = HTTPAdapter(max_retries=make_retry(self.retries, self.backoff_s, self.max_backoff_s))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        for attempt in range(self.retries + 1):
+        url = self.base_url.rstrip("/") + path
+        try:
+            response = self.session.request(method, url, json=body, headers=headers, timeout=self.timeout)
+        except requests.ConnectionError as error:
+            reason = getattr(error.args[0], "reason", None) if error.args else None
+            attempts = f"{self.retries + 1} attempt" + ("s" if self.retries else "")
+            raise KeplerConnectionError(f"{method} {url} failed after {attempts}: {reason or error}",
+                                        request=error.request) from error
+        if response.status_code >= 400:
             try:
-                response = self.session.request(method, self.base_url.rstrip("/") + path, json=body,
-                                                headers=headers, timeout=self.timeout)
-            except requests.ConnectionError:
-                if attempt == self.retries:
-                    raise
-                time.sleep(self._delay(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(self._delay(attempt, response.headers.get("Retry-After")))
-                continue
-            if response.status_code >= 400:
-                try:
-                    message = response.json().get("error") or response.text
-                except ValueError:
-                    message = response.text
-                raise KeplerError(response.status_code, message)
-            return response.json()
-        raise AssertionError("unreachable")
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_backoff_s)
-            except ValueError:
-                pass
-        return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
+                message = response.json().get("error") or response.text
+            except (ValueError, AttributeError):
+                message = response.text
+            raise KeplerError(response.status_code, message)
+        return response.json()
 
     def predict(self, features: Sequence[float | None] | dict[str, float | None], model: str = "auto",
                 version: str | None = None, return_all_models: bool = False) -> Prediction:
