@@ -16,14 +16,59 @@ import pytest
 from registry import ModelRegistry, S3Store
 from registry.stores import LocalStore
 
+from . import marker_guard
+
 BIN = Path(sys.executable).parent
 RUNNING: dict = {}  # session-wide Ray instances, so a multi-node cluster can stop the single node first
+_RAY_BEFORE = pytest.StashKey[bool]()  # whether this process was connected to Ray when a test began
 
 
+def pytest_sessionstart(session):
+    """pytest-randomly's seed on the first line of a quiet run too (`-q` hides the header it is in),
+    so that any run's order can be replayed with --randomly-seed=N."""
+    seed = session.config.getoption("randomly_seed", None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and reporter is not None and reporter.verbosity < 0:
+        reporter.write_line(f"Using --randomly-seed={seed}")
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Multi-node cluster tests run last: they stop the shared single-node application (one Ray
-    instance on the machine at a time, since every Serve proxy binds port 8000)."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    """Tests run in groups: those with neither Ray nor trained models first (a fast first signal),
+    then those needing the trained registry alone, then the single-node application's, and the
+    multi-node cluster's last: they stop the shared single-node application (one Ray instance on
+    the machine at a time, since every Serve proxy binds port 8000). This runs after
+    pytest-randomly's shuffle, and the sort is stable, so the random order holds within each group."""
+    items.sort(key=lambda item: marker_guard.run_group(marker_guard.marker_names(item)))
+
+
+def pytest_runtest_setup(item):
+    """Before any fixture is set up (a conftest hook runs before pytest's own, which sets them up;
+    skip marks are evaluated first): a test whose fixtures start Ray or train the models must say so
+    with its markers, or it fails here, having started nothing."""
+    marker_guard.set_current(item)
+    item.stash[_RAY_BEFORE] = marker_guard.ray_initialized()
+    missing = marker_guard.missing_markers(item.fixturenames, marker_guard.marker_names(item))
+    if missing:
+        pytest.fail(marker_guard.missing_message(item.nodeid, missing, "uses fixtures that need them"),
+                    pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A test without the `ray` marker that connected this process to Ray (ray.init) fails, once
+    its fixtures are torn down."""
+    connected = (not item.stash.get(_RAY_BEFORE, True) and marker_guard.ray_initialized()
+                 and "ray" not in marker_guard.marker_names(item))
+    result = yield
+    if connected:
+        pytest.fail(marker_guard.missing_message(item.nodeid, ["ray"], "initialized Ray"), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid, location):
+    marker_guard.set_current(None)
 
 
 def free_port() -> int:
@@ -117,7 +162,10 @@ def publisher_keys(tmp_path_factory) -> dict[str, Path]:
 
 
 class JwtIssuer:
-    """Signs test tokens with an Ed25519 key whose public half the application trusts."""
+    """Signs test tokens with an Ed25519 key whose public half the application trusts, for the
+    issuer and audience the test application is configured with (KEPLER_JWT_ISSUER/_AUDIENCE)."""
+
+    ISSUER, AUDIENCE = "https://issuer.test", "kepler-serve"
 
     def __init__(self):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -127,12 +175,14 @@ class JwtIssuer:
         self.public_pem = self.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
     def token(self, key=None, alg: str = "EdDSA", **claims) -> str:
+        """`iss` and `aud` default to the configured ones; a claim given as None is left out."""
         import base64
         import json
 
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
+        claims = {k: v for k, v in {"iss": self.ISSUER, "aud": self.AUDIENCE, **claims}.items() if v is not None}
         signing_input = f"{b64(json.dumps({'alg': alg, 'typ': 'JWT'}).encode())}.{b64(json.dumps(claims).encode())}"
         return f"{signing_input}.{b64((key or self.key).sign(signing_input.encode()))}"
 
@@ -145,6 +195,7 @@ def jwt_issuer() -> JwtIssuer:
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
     """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data and signed, once."""
+    marker_guard.require_marker("trained", "needs the trained registry")
     from registry.signing import SIGNATURE, load_private_key, sign
     from training.train import train_all
 

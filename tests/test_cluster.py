@@ -23,7 +23,7 @@ from .ray_cluster import SERVE_URL, TEST_ENV, LocalCluster, serve_test_config
 from .tcp_proxy import TcpProxy
 from .test_serving import as_json_row, held_out
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.trained]
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 
 

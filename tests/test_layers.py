@@ -30,6 +30,8 @@ def test_training_and_runtimes_import_no_ray():
     assert "tensorflow" not in loaded  # the XGBoost runtime alone does not pull TensorFlow in
 
 
+@pytest.mark.ray
+@pytest.mark.trained
 @pytest.mark.parametrize("deployment, tensorflow", [("Router", False), ("xgboost", False),
                                                     ("random_forest", False), ("keras_cnn", True)])
 def test_only_cnn_replicas_load_tensorflow(serve_app, deployment, tensorflow):

@@ -19,6 +19,8 @@ from .helpers import publish_copy
 from .ray_cluster import ROOT, SERVE_URL
 from .test_serving import as_json_row, held_out
 
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
+
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 DASHBOARD = ROOT / "cluster" / "grafana" / "kepler-serve-dashboard.json"
 

@@ -8,10 +8,13 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from .ray_cluster import SERVE_URL
 from .test_serving import as_json_row, held_out
+
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
 
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 

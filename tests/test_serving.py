@@ -15,6 +15,8 @@ from training.data import CURRENT, load_snapshot
 
 from .ray_cluster import SERVE_URL
 
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
+
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 BATCH = f"{SERVE_URL}/api/v1/predict/batch"
 

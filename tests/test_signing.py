@@ -115,6 +115,8 @@ def test_cli_keygen_sign_and_verify(tmp_path):
     assert refused.returncode == 1 and "not signed" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.ray
+@pytest.mark.trained
 def test_serving_refuses_an_unsigned_version_and_keeps_serving(serve_app, trained_registry, tmp_path):
     """The application is deployed with the publisher's public key: a version published without
     the private key is refused with a clear error, and the signed versions keep serving."""

@@ -51,6 +51,7 @@ def test_snapshots_differ_only_in_labels():
     assert (old.y != new.y).sum() == 447
 
 
+@pytest.mark.trained
 @pytest.mark.parametrize("key", list(FLOORS), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_trained_models_meet_the_floors(trained_registry, key):
     name, version, labels = key
@@ -59,6 +60,7 @@ def test_trained_models_meet_the_floors(trained_registry, key):
     assert evaluation["accuracy"] >= accuracy and evaluation["f1_score"] >= f1 and evaluation["roc_auc"] >= auc, evaluation
 
 
+@pytest.mark.trained
 def test_metadata_follows_the_seed_schema(trained_registry):
     for name in ("xgboost", "random_forest", "keras_cnn"):
         assert trained_registry.aliases(name) == {"stable": "1.0.0", "latest": "1.1.0"}
@@ -79,6 +81,7 @@ def test_metadata_follows_the_seed_schema(trained_registry):
             assert json.loads((directory / "preprocessing.json").read_text())["features"] == list(FEATURES)
 
 
+@pytest.mark.trained
 @pytest.mark.parametrize("name", ["xgboost", "random_forest", "keras_cnn"])
 def test_registered_model_reproduces_its_metadata(trained_registry, name):
     data = load_snapshot(CURRENT)
@@ -91,6 +94,7 @@ def test_registered_model_reproduces_its_metadata(trained_registry, name):
     assert recomputed["confusion_matrix"] == stored["confusion_matrix"]
 
 
+@pytest.mark.trained
 def test_training_again_is_idempotent(trained_registry, capsys):
     before = {n: trained_registry.manifest(n, "1.1.0") for n in ("xgboost", "random_forest", "keras_cnn")}
     assert train_all(trained_registry) == []
@@ -98,6 +102,7 @@ def test_training_again_is_idempotent(trained_registry, capsys):
     assert before == {n: trained_registry.manifest(n, "1.1.0") for n in before}
 
 
+@pytest.mark.trained
 def test_full_retraining_is_bit_identical_for_trees(trained_registry, tmp_path):
     fresh = ModelRegistry(LocalStore(tmp_path / "again"), tmp_path / "cache")
     train_all(fresh, models=("xgboost", "random_forest"), versions=("1.1.0",))
@@ -110,6 +115,7 @@ def test_full_retraining_is_bit_identical_for_trees(trained_registry, tmp_path):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.trained  # no trained registry, but two fast trainings of every family on the real data
 def test_fast_mode_is_reproducible(tmp_path):
     runs = []
     for run in ("a", "b"):
@@ -126,6 +132,7 @@ def test_fast_mode_is_reproducible(tmp_path):
         assert abs(getattr(cnn_a, metric) - getattr(cnn_b, metric)) <= 0.01
 
 
+@pytest.mark.trained
 def test_forest_file_cannot_carry_code(tmp_path, trained_registry):
     """A pickle smuggled into model.npz is refused by the loader and never executed."""
     import io
@@ -151,6 +158,7 @@ def test_forest_file_cannot_carry_code(tmp_path, trained_registry):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.trained
 def test_packed_forest_answers_exactly_as_scikit_learn(trained_registry):
     """The serving path walks the trees as flat arrays (runtimes/tree_arrays.py); its
     probabilities are scikit-learn's own, bit for bit: for the test set, for single rows, and

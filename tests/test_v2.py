@@ -10,6 +10,8 @@ from runtimes import LABELS, load
 from .ray_cluster import SERVE_URL
 from .test_serving import held_out
 
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
+
 V2 = f"{SERVE_URL}/v2"
 
 
