@@ -33,6 +33,7 @@ from bench.common import (ROOT, SERVE_URL, LocalCluster, closed_loop, ensure_reg
                           memory_mb, progress)
 from runtimes import MODEL_NAMES, load  # noqa: E402
 from serve_app.auth import hash_key  # noqa: E402
+from serve_app.config import read_serve_config  # noqa: E402
 
 SERVERS = ("floor", "kepler", "one_deployment", "mlserver")
 SEED_MEMORY_MB = {"keras_cnn": 800, "xgboost": 300, "random_forest": 500}
@@ -49,7 +50,7 @@ def bench_row() -> list[float]:
 
 
 def kepler_config(key: str, overrides: list[str] = ()) -> dict:
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config = read_serve_config(ROOT / "serve_config.yaml")
     app = config["applications"][0]
     app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = f"bench:{hash_key(key)}:predict:100000000"
     for deployment in app["deployments"]:

@@ -18,16 +18,16 @@ import time
 from pathlib import Path
 
 import requests
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, SERVE_URL, LocalCluster, closed_loop, ensure_registry, http_call, progress  # noqa: E402
 from serve_app.auth import hash_key  # noqa: E402
+from serve_app.config import read_serve_config  # noqa: E402
 
 
 def config(admin_key: str, shadow: str | None) -> dict:
-    base = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    base = read_serve_config(ROOT / "serve_config.yaml")
     app = base["applications"][0]
     app["runtime_env"]["env_vars"]["KEPLER_API_KEYS"] = f"bench:{hash_key(admin_key)}:admin+predict"
     app["args"]["experiment_pools"] = {"xgboost": {"candidate": False, "shadow": True}}

@@ -29,6 +29,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from serve_app.config import read_serve_config
+
 BIN = Path(sys.executable).parent
 SERVE_URL = "http://127.0.0.1:8000"
 INGRESS_ENV_FILE = Path(__file__).resolve().parent.parent / "configs" / "ingress.env"
@@ -250,7 +252,7 @@ def main(argv: list[str]) -> int:
     state_file = cluster.root / "cluster.json"
     state_file.write_text(json.dumps(cluster.state()))
     print(f"nodes up: {', '.join(cluster.alive_nodes())}; dashboard {cluster.dashboard_url}", flush=True)
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = read_serve_config(args.config)
     cluster.put(config) if args.put else cluster.deploy(config)
     print("deploying ...", flush=True)
     cluster.wait_running()

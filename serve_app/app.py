@@ -7,7 +7,7 @@ from ray.serve import Application
 from .config import AppArgs, ModelSettings
 from .controller import controller_deployment
 from .deployments import ModelServer
-from .router import Router
+from .ingress import Router
 
 # Variant deployments start small; serve_config.yaml's `deployments` entries override these.
 POOL_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 64, "num_replicas": 1,

@@ -46,6 +46,11 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self.failures, self.opened_at, self.probing = 0, None, False
 
+    def release_probe(self) -> None:
+        """The probe's call ended without saying anything of the model (its request was bad, or
+        load was shed): let the next call probe instead of holding the breaker half-open."""
+        self.probing = False
+
     def record_failure(self) -> None:
         self.failures += 1
         if self.probing or self.failures >= self.failure_threshold:

@@ -3,7 +3,10 @@ deployment's `user_config`. Everything here is plain pydantic, so `serve_config.
 RayService's serveConfigV2 are validated before anything starts."""
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,7 +22,7 @@ class _Strict(BaseModel):
 class RegistrySettings(_Strict):
     uri: str | None = Field(None, description="directory, file:// or s3:// URI; default ~/.kepler-serve/registry")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL")
-    cache_dir: str | None = None
+    cache_dir: str | None = Field(None, description="local cache of pulled versions")
     verify_key: str | None = Field(None, description="Ed25519 public key (PEM path or text); when set, "
                                                      "unsigned or wrongly signed versions are refused")
 
@@ -71,7 +74,8 @@ class RouterBatchingSettings(_Strict):
 
     calls_in_flight: int = Field(2, ge=0, le=64, description="handle calls out at once per model deployment "
                                                               "and version; 0 sends each request on its own")
-    max_rows: int = Field(64, ge=1, le=10_000, description="most rows one handle call gathers")
+    max_rows: int = Field(64, ge=1, le=10_000, description="most rows one handle call gathers; keep it at most "
+                                                            "the models' max_batch_size, so calls enter @serve.batch")
 
 
 class RollbackSettings(_Strict):
@@ -83,15 +87,16 @@ class RollbackSettings(_Strict):
     max_latency_ratio: float = Field(2.0, gt=0, description="candidate p95 / stable p95")
     max_drift_kl: float = Field(0.3, gt=0, description="KL(candidate || stable) of the predicted classes")
     health_failures: int = Field(3, ge=1, description="consecutive failed health checks of the candidate")
-    health_period_s: float = Field(5.0, gt=0)
-    health_timeout_s: float = Field(2.0, gt=0)
+    health_period_s: float = Field(5.0, gt=0, description="how often the candidate is health-checked")
+    health_timeout_s: float = Field(2.0, gt=0, description="a slower health check counts as failed")
 
 
 class RolloutSettings(_Strict):
     """Gradual rollout: the candidate's weight steps up after each quiet window, else rolls back."""
 
-    steps: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0], min_length=1)
-    step_window_s: float = Field(300.0, gt=0)
+    steps: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0], min_length=1,
+                               description="the candidate's weights, in order")
+    step_window_s: float = Field(300.0, gt=0, description="quiet time before the next step")
     promote_at_end: bool = Field(True, description="move `stable` to the candidate after the last step")
 
     @field_validator("steps")
@@ -130,8 +135,8 @@ class ExperimentSettings(_Strict):
 class PoolSettings(_Strict):
     """Which variant deployments the application builder creates for a model."""
 
-    candidate: bool = True
-    shadow: bool = False
+    candidate: bool = Field(True, description="create `<model>_candidate`")
+    shadow: bool = Field(False, description="create `<model>_shadow`")
 
 
 class AuthSettings(_Strict):
@@ -143,10 +148,11 @@ class AuthSettings(_Strict):
 class RouterSettings(_Strict):
     """The router's user_config: changed by `serve deploy` without a restart."""
 
-    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {m: 1.0 for m in MODEL_NAMES})
+    ensemble_weights: dict[str, float] = Field(default_factory=lambda: {m: 1.0 for m in MODEL_NAMES},
+                                               description="soft-vote weight per model; 0 leaves it out")
     alias_cache_s: float = Field(5.0, ge=0, description="how long a resolved alias is trusted")
-    max_batch_rows: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(2_000_000, ge=1024)
+    max_batch_rows: int = Field(1000, ge=1, description="most rows one request may carry")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="larger request bodies are a 413")
     model_timeout_s: float = Field(10.0, gt=0, description="longest wait for one model's answer")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     batching: RouterBatchingSettings = Field(default_factory=RouterBatchingSettings)
@@ -168,8 +174,11 @@ class RouterSettings(_Strict):
 class BatchSettings(_Strict):
     """A model deployment's user_config."""
 
-    max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1)
+    max_batch_size: int = Field(256, ge=1, le=4096, description="most rows @serve.batch gathers from the "
+                                                               "calls of every router replica; a larger call "
+                                                               "is a batch of its own")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1, description="how long a batch waits to fill; 0: the "
+                                        "router already batches, so a lone call waits for nothing")
 
 
 class AppArgs(_Strict):
@@ -195,3 +204,9 @@ class AppArgs(_Strict):
         if unknown or not models:
             raise ValueError(f"models: expected some of {', '.join(MODEL_NAMES)}, got {sorted(models)}")
         return models
+
+
+def read_serve_config(path: str | Path) -> dict:
+    """A Serve config file as plain data. Its YAML anchors are expanded into independent copies,
+    so changing one deployment's block in a test or an overlay never changes another's."""
+    return json.loads(json.dumps(yaml.safe_load(Path(path).read_text())))

@@ -17,6 +17,7 @@ from .config import BatchSettings, ModelSettings, RegistrySettings
 from .errors import BadRequest
 from .loading import LoadedModel, load_version
 from .metrics import ModelMetrics
+from .ray_internals import multiplexed_model_ids
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,30 +65,33 @@ class ModelServer:
         if self.default_version not in self.pinned:
             raise RuntimeError(f"{self.model_name} {self.default_version} is not loaded")
 
-    async def predict(self, version: str, rows: np.ndarray, request_ids: list[str] = ()) -> np.ndarray:
-        """Probabilities [n, 3] for rows [n, 36] from a concrete version; `request_ids` are those of
-        the requests whose rows the router gathered into this call (for the batch log)."""
-        request_ids = list(request_ids)
+    async def predict(self, version: str, rows: np.ndarray, request_ids: list[str] = (), caller: str = "") -> np.ndarray:
+        """Probabilities [n, 3] for rows [n, 36] from a concrete version. `request_ids` are those of
+        the requests a router gathered into this call and `caller` that router's replica, for the
+        batch log: @serve.batch merges calls from every router replica, up to `max_batch_size` rows."""
         if not is_version(version):
             raise BadRequest(f"model version must be concrete, got {version!r}")
         self.metrics.cache(hit=version in self.loaded_versions())
         model = await self.get_model(version)  # loads (or fails) for this request alone
-        if len(rows) >= self.max_batch_size:  # already a batch of its own
-            logger.info("batch", extra={"model": self.model_name, "version": version, "rows": len(rows),
-                                        "calls": 1, "request_ids": request_ids})
+        if len(rows) > self.max_batch_size:  # larger than any batch: a batch of its own
+            self._log_batch(version, len(rows), [list(request_ids)], [caller])
             return model.runtime.predict_proba(rows)
-        return await self.predict_batch((version, rows, request_ids))
+        return await self.predict_batch((version, rows, list(request_ids), caller))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0,
+    def _log_batch(self, version: str, rows: int, request_ids: list[list[str]], callers: list[str]) -> None:
+        logger.info("batch", extra={"model": self.model_name, "version": version, "rows": rows,
+                                    "calls": len(callers), "callers": sorted(set(callers)),
+                                    "request_ids": [r for ids in request_ids for r in ids]})
+
+    @serve.batch(max_batch_size=BatchSettings().max_batch_size, batch_wait_timeout_s=0.0,
                  batch_size_fn=lambda items: sum(len(item[1]) for item in items))
-    async def predict_batch(self, items: list[tuple[str, np.ndarray, list[str]]]) -> list[np.ndarray]:
+    async def predict_batch(self, items: list[tuple[str, np.ndarray, list[str], str]]) -> list[np.ndarray]:
         # Serve splits batches by multiplexed model id; group anyway so direct calls stay correct.
         results: list[np.ndarray | None] = [None] * len(items)
         for version in {item[0] for item in items}:
             indices = [i for i, item in enumerate(items) if item[0] == version]
-            logger.info("batch", extra={"model": self.model_name, "version": version,
-                                        "rows": sum(len(items[i][1]) for i in indices), "calls": len(indices),
-                                        "request_ids": [r for i in indices for r in items[i][2]]})
+            self._log_batch(version, sum(len(items[i][1]) for i in indices), [items[i][2] for i in indices],
+                            [items[i][3] for i in indices])
             model = await self.get_model(version)
             stacked = np.concatenate([items[i][1] for i in indices])
             probabilities = model.runtime.predict_proba(stacked)
@@ -111,6 +115,5 @@ class ModelServer:
 
     def loaded_versions(self) -> list[str]:
         """Pinned versions plus whatever the multiplexed LRU cache holds now."""
-        wrapper = getattr(self.get_model, "__serve_multiplex_wrapper", None)
-        cached = set(getattr(wrapper, "models", {}) or {})
+        cached = multiplexed_model_ids(self.get_model)
         return sorted(set(self.pinned) | cached, key=lambda v: tuple(map(int, v.split("."))))

@@ -1,11 +1,10 @@
-"""Errors that cross the handle boundary from a model replica to the router. Each carries an
-HTTP status and a message fit for the client."""
+"""Domain errors of the serving path. They carry a message fit for the client and nothing about
+HTTP: `serve_app/http/errors.py` maps each class to a status, once, for REST and V2 alike.
+They cross the handle boundary from a model replica to the router, so they pickle by message."""
 from __future__ import annotations
 
 
 class ServingError(Exception):
-    status_code = 500
-
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
@@ -15,14 +14,38 @@ class ServingError(Exception):
 
 
 class BadRequest(ServingError):
-    status_code = 422
+    """The request itself is wrong (a field, a version string, a row that does not fit)."""
 
 
 class NotFoundError(ServingError):
-    status_code = 404
+    """A model, version or experiment that does not exist."""
+
+
+class Conflict(ServingError):
+    """An action the current state does not allow (promote without a candidate)."""
 
 
 class ModelUnavailable(ServingError):
-    """A version that cannot be pulled or loaded now (registry down, corrupt, unknown)."""
+    """A version that cannot be pulled, loaded or answered now (registry down, corrupt, failing)."""
 
-    status_code = 503
+    retry_after_s = 1
+
+
+class Overloaded(ModelUnavailable):
+    """The model's queue is full: load is shed, and it is not a model failure."""
+
+
+class BreakerOpen(ModelUnavailable):
+    """A deployment's circuit breaker is turning calls away; retry when it half-opens."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class ReplicaGone(Exception):
+    """Raised by a model-call function when the replica died under the call: the dispatcher
+    retries such a call once, since predictions are idempotent."""

@@ -1,16 +1,19 @@
-"""Request and response types of the REST API (/api/v1). Non-finite numbers are refused at
-parse time (`allow_inf_nan=False`), so NaN, Infinity and 1e309 are 422s naming the field."""
+"""Request and response types of the REST API (/api/v1). Values are checked once, on the whole
+matrix: NaN, Infinity, 1e309, integers beyond float64 and numbers beyond float32's range are
+422s naming the row and the feature."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from registry.versions import check_alias, is_version
 from runtimes.schema import FEATURE_INDEX, FEATURES, LABELS, N_FEATURES
 
-Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+Number = StrictFloat | StrictInt
 Features = list[Number | None] | dict[str, Number | None]
 ModelChoice = Literal["auto", "ensemble", "keras_cnn", "xgboost", "random_forest"]
 
@@ -36,49 +39,83 @@ class _Request(BaseModel):
         return version
 
 
-def features_row(features: list | dict) -> list[float]:
-    """One row in schema order with NaN for missing; ValueError names the offending field."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _row(features: list | dict) -> list:
+    """One row in schema order, None for missing; ValueError names the offending field."""
     if isinstance(features, dict):
         unknown = [k for k in features if k not in FEATURE_INDEX]
         if unknown:
             raise ValueError(f"unknown feature name(s) {unknown[:5]}; expected names from the schema")
-        row = [np.nan] * N_FEATURES
+        row: list = [None] * N_FEATURES
         for name, value in features.items():
-            row[FEATURE_INDEX[name]] = np.nan if value is None else float(value)
+            row[FEATURE_INDEX[name]] = value
         return row
     if len(features) != N_FEATURES:
         raise ValueError(f"expected {N_FEATURES} values in schema order, got {len(features)}")
-    return [np.nan if v is None else float(v) for v in features]
+    return features
+
+
+def features_matrix(rows: list[list | dict]) -> np.ndarray:
+    """Rows as the float32 matrix the models compute in, NaN for missing. Every present value must
+    be finite and within float32's range (|x| <= 3.4e38): anything else is a ValueError naming the
+    row and position, never an infinity reaching a model. Checked on the whole matrix at once."""
+    ordered = [_row(features) for features in rows]
+    try:
+        matrix = np.array(ordered, dtype=np.float64)  # None -> NaN
+    except OverflowError:  # an integer beyond float64
+        matrix = None
+    if matrix is not None and not np.isinf(matrix).any() and not (np.abs(matrix) > FLOAT32_MAX).any() \
+            and int(np.isnan(matrix).sum()) == sum(row.count(None) for row in ordered):
+        return matrix.astype(np.float32)
+    for i, row in enumerate(ordered):  # the slow path, for the message only
+        for j, value in enumerate(row):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(float_or_inf(value))
+                                          and abs(float(value)) <= FLOAT32_MAX):
+                where = f"row {i}, " if len(ordered) > 1 else ""
+                raise ValueError(f"{where}{FEATURES[j]} (position {j}): {value!r:.40} is not a finite number "
+                                 f"within float32's range (|x| <= {FLOAT32_MAX:.4g})")
+    raise AssertionError("unreachable")
+
+
+def float_or_inf(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 class PredictRequest(_Request):
     features: Features = Field(..., description=FEATURES_HELP)
+    _matrix: np.ndarray = PrivateAttr()
 
-    @field_validator("features")
-    @classmethod
-    def _shape(cls, features):
-        features_row(features)
-        return features
+    @model_validator(mode="after")
+    def _rows(self) -> "PredictRequest":
+        try:
+            self._matrix = features_matrix([self.features])
+        except ValueError as e:
+            raise PydanticCustomError("value_error", "features: {reason}", {"reason": str(e)}) from None
+        return self
 
     def matrix(self) -> np.ndarray:
-        return np.asarray([features_row(self.features)], dtype=np.float32)
+        return self._matrix
 
 
 class BatchPredictRequest(_Request):
     instances: list[Features] = Field(..., min_length=1, description=f"rows, each {FEATURES_HELP}")
+    _matrix: np.ndarray = PrivateAttr()
 
-    @field_validator("instances")
-    @classmethod
-    def _shape(cls, instances):
-        for i, features in enumerate(instances):
-            try:
-                features_row(features)
-            except ValueError as e:
-                raise ValueError(f"instances[{i}]: {e}") from None
-        return instances
+    @model_validator(mode="after")
+    def _rows(self) -> "BatchPredictRequest":
+        try:
+            self._matrix = features_matrix(self.instances)
+        except ValueError as e:
+            raise PydanticCustomError("value_error", "instances: {reason}", {"reason": str(e)}) from None
+        return self
 
     def matrix(self) -> np.ndarray:
-        return np.asarray([features_row(f) for f in self.instances], dtype=np.float32)
+        return self._matrix
 
 
 class ModelAnswer(BaseModel):

@@ -6,13 +6,12 @@ Until the router has heard from the controller, everything goes to the stable va
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import numpy as np
 
@@ -20,9 +19,6 @@ from .config import ExperimentSettings
 from .variant_stats import Recorder
 
 logger = logging.getLogger("ray.serve")
-# The request's headers, for sticky assignment deep in the call path (tasks inherit a copy). It
-# lives here rather than in the router module, whose FastAPI app Serve pickles by value.
-REQUEST_HEADERS: contextvars.ContextVar = contextvars.ContextVar("request_headers", default={})
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class Traffic:
         if snapshot["generation"] >= self.generation:
             self.generation, self.book = snapshot["generation"], snapshot["experiments"]
 
-    def route(self, model: str, headers: dict[str, str]) -> Route | None:
+    def route(self, model: str, headers: Mapping[str, str]) -> Route | None:
         spec, record = self.specs.get(model), self.book.get(model)
         if spec is None or record is None or (record["candidate"], record["shadow"]) != (spec.candidate, spec.shadow):
             return None  # not configured here, or the book has not caught up with this configuration

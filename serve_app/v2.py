@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtimes.schema import LABELS, N_CLASSES, N_FEATURES
 
 INPUT_NAME = "features"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 OUTPUTS = ("probabilities", "labels")
 _FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
 
@@ -89,9 +90,13 @@ def decode(request: InferRequest, max_rows: int) -> np.ndarray:
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
         raise V2Error(f"input '{tensor.name}': every value must be a number (V2 has no null: send missing "
                       "values through POST /api/v1/predict)")
-    matrix = np.asarray(flat, dtype=np.float64).reshape(tensor.shape)
-    if not np.isfinite(matrix).all():
-        raise V2Error(f"input '{tensor.name}': values must be finite")
+    try:
+        matrix = np.asarray(flat, dtype=np.float64).reshape(tensor.shape)
+    except OverflowError:  # an integer beyond float64
+        matrix = np.full(tensor.shape, np.inf)
+    if not np.isfinite(matrix).all() or (np.abs(matrix) > FLOAT32_MAX).any():
+        raise V2Error(f"input '{tensor.name}': values must be finite and within float32's range "
+                      f"(|x| <= {FLOAT32_MAX:.4g})")
     return matrix.astype(np.float32)
 
 

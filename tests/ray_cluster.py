@@ -5,16 +5,27 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import yaml
 
 from serve_app.auth import hash_key
+from serve_app.config import read_serve_config
+
+from .conftest import JwtIssuer
+from .marker_guard import require_marker
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
 local_cluster = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(local_cluster)
 
-LocalCluster = local_cluster.LocalCluster
+
+class LocalCluster(local_cluster.LocalCluster):
+    """The project's launcher; starting one fails a test that is not marked `ray`."""
+
+    def start(self) -> "LocalCluster":
+        require_marker("ray", "starts Ray")
+        return super().start()
+
+
 SERVE_URL = local_cluster.SERVE_URL
 # Metrics exported every 2 s instead of every 10 s, so metric tests wait less.
 TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
@@ -23,7 +34,7 @@ TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
 ADMIN_KEY = "test-admin-key"  # its SHA-256 is what the application is given
 PREDICT_KEY = "test-predict-key"
 LIMITED_KEY, LIMITED_RPM = "test-limited-key", 20  # a predict key with its own rate limit
-JWT_AUDIENCE = "kepler-serve"
+JWT_ISSUER, JWT_AUDIENCE = JwtIssuer.ISSUER, JwtIssuer.AUDIENCE  # what the test tokens carry
 MODELS = ("keras_cnn", "xgboost", "random_forest")
 
 
@@ -32,14 +43,14 @@ def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None 
     """serve_config.yaml pointed at a test registry, with test-sized windows. With `experiments`,
     variant deployments for xgboost (candidate and shadow) and random_forest (candidate), and no
     experiment configured until a test applies one; without, no variant deployments at all."""
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config = read_serve_config(ROOT / "serve_config.yaml")
     app = config["applications"][0]
     app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir, "verify_key": verify_key}
     env = app["runtime_env"]["env_vars"]
     env["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,app:{hash_key(PREDICT_KEY)}:predict,"
                               f"limited:{hash_key(LIMITED_KEY)}:predict:{LIMITED_RPM}")
     if jwt_public_key:
-        env.update(KEPLER_JWT_PUBLIC_KEY=jwt_public_key, KEPLER_JWT_AUDIENCE=JWT_AUDIENCE)
+        env.update(KEPLER_JWT_PUBLIC_KEY=jwt_public_key, KEPLER_JWT_ISSUER=JWT_ISSUER, KEPLER_JWT_AUDIENCE=JWT_AUDIENCE)
     if experiments:
         app["args"]["experiment_pools"] = {"xgboost": {"candidate": True, "shadow": True},
                                            "random_forest": {"candidate": True}}

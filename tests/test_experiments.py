@@ -26,6 +26,8 @@ from .helpers import publish_copy
 from .ray_cluster import ADMIN_KEY, PREDICT_KEY, SERVE_URL
 from .test_serving import as_json_row, held_out
 
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
+
 EXPERIMENTS = f"{SERVE_URL}/api/v1/experiments"
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -262,7 +264,7 @@ def _rolls_back_within_window(lab, model: str, experiment: dict, trigger: str, l
     return results
 
 
-def test_error_rate_rollback_counts_requests_the_breaker_turned_away(lab):
+def test_error_rate_rollback_counts_requests_the_breaker_turned_away(lab, trained_registry):
     """The candidate frozen (health checks off): its calls time out, its breaker opens, and every
     request it would have taken is answered by the stable variant and counted against it."""
     rules = {**RULES, "health_failures": 10_000}
@@ -281,10 +283,13 @@ def test_error_rate_rollback_counts_requests_the_breaker_turned_away(lab):
     assert took <= RULES["window_s"] + 5
     assert results and all(status == 200 for status, _ in results)
     assert agreed <= 5
+    # What follows needs this rollback: one test, so that it holds in any order.
+    _a_rollback_is_a_log_event_a_metric_and_a_registry_record(lab, trained_registry)
+    _a_rollback_holds_across_reapply_and_router_restart(lab)
 
 
-def test_a_rollback_holds_across_reapply_and_router_restart(lab):
-    """After the error-rate rollback above: the same config applied again, then a router killed."""
+def _a_rollback_holds_across_reapply_and_router_restart(lab):
+    """The same config applied again, then a router killed: the candidate stays rolled back."""
     assert lab.view()["experiments"]["xgboost"]["state"] == "rolled_back"
     lab.apply(lab.experiments, router_replicas=2)
     victim = lab.node.replicas("Router")[0]["pid"]
@@ -298,8 +303,8 @@ def test_a_rollback_holds_across_reapply_and_router_restart(lab):
     assert sum(status == 200 for status, _ in answers) >= len(answers) - 5  # requests on the killed router
 
 
-def test_a_rollback_is_a_log_event_a_metric_and_a_registry_record(lab, trained_registry):
-    """The error-rate rollback above, as operators and auditors see it."""
+def _a_rollback_is_a_log_event_a_metric_and_a_registry_record(lab, trained_registry):
+    """The error-rate rollback, as operators and auditors see it."""
     book, _ = trained_registry.read_document("experiments", "book")
     events = [e for e in book["events"] if e["experiment"] == f"xgboost:{FAULTY}" and e["action"] == "rolled_back"]
     assert events and "error rate" in events[-1]["reason"] and events[-1]["by"] == "controller"
@@ -367,11 +372,19 @@ def test_gradual_rollout_then_promotion_moves_the_stable_alias(lab, trained_regi
     print(f"\nrollout: weights seen {steps}, state {experiment['state']}")
     assert experiment["state"] == "running" and steps == [0.2, 0.5, 1.0], (steps, experiment)
 
+    stable = trained_registry.aliases("xgboost")["stable"]
     response = requests.post(f"{EXPERIMENTS}/xgboost/promote", headers=ADMIN, timeout=60)
-    assert response.status_code == 200, response.text
-    assert trained_registry.aliases("xgboost")["stable"] == ROLLOUT
-    assert lab.view()["experiments"]["xgboost"]["state"] == "promoted"
-    deadline, versions = time.monotonic() + 15, set()
-    while time.monotonic() < deadline and versions != {ROLLOUT}:
-        versions = {body["version"] for _, body in lab.send("xgboost", 20)}
-    assert versions == {ROLLOUT}  # default requests follow the moved alias, no redeploy
+    try:
+        assert response.status_code == 200, response.text
+        assert trained_registry.aliases("xgboost")["stable"] == ROLLOUT
+        assert lab.view()["experiments"]["xgboost"]["state"] == "promoted"
+        deadline, versions = time.monotonic() + 15, set()
+        while time.monotonic() < deadline and versions != {ROLLOUT}:
+            versions = {body["version"] for _, body in lab.send("xgboost", 20)}
+        assert versions == {ROLLOUT}  # default requests follow the moved alias, no redeploy
+    finally:  # the tests after this one, in any order, see the trained stable version
+        trained_registry.set_alias("xgboost", "stable", stable)
+        lab.apply({})
+        deadline = time.monotonic() + 30  # until the routers' alias caches have let go of ROLLOUT
+        while time.monotonic() < deadline and any(b.get("version") == ROLLOUT for _, b in lab.send("xgboost", 8)):
+            pass

@@ -13,19 +13,21 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from serve_app.router import app
+from serve_app.http import openapi_schema
 
 from .ray_cluster import SERVE_URL
 
+pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
+
 EXAMPLES = 25  # per operation and mode: about 750 requests in all
 ROUTES = r"^/(api/v1|v2)"
-SCHEMA = schemathesis.openapi.from_dict(app.openapi()).include(path_regex=ROUTES)
+SCHEMA = schemathesis.openapi.from_dict(openapi_schema()).include(path_regex=ROUTES)
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
 def test_the_served_schema_is_the_one_fuzzed(serve_app):
-    assert requests.get(f"{SERVE_URL}/openapi.json", timeout=30).json() == app.openapi()
+    assert requests.get(f"{SERVE_URL}/openapi.json", timeout=30).json() == openapi_schema()
 
 
 def _takes_input(operation) -> bool:

@@ -65,7 +65,7 @@ def test_manifest_is_valid_against_its_crd(file_name, crd):
 def test_serve_config_v2_is_a_valid_serve_deploy_config():
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.config import AppArgs, RouterSettings
+    from serve_app.config import AppArgs, BatchSettings, RouterSettings
 
     config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema(**config)
@@ -73,13 +73,15 @@ def test_serve_config_v2_is_a_valid_serve_deploy_config():
     args = AppArgs(**app["args"])
     assert args.registry.uri.startswith("s3://") and args.registry.verify_key
     deployments = {d["name"]: d for d in app["deployments"]}
+    router = RouterSettings(**deployments["Router"]["user_config"])
     for name in ("keras_cnn", "xgboost", "random_forest"):
         scaling = deployments[name]["autoscaling_config"]
         assert (scaling["min_replicas"], scaling["max_replicas"]) == (3, 10)
         assert deployments[name]["max_replicas_per_node"] == 1
-        assert deployments[name]["max_ongoing_requests"] >= deployments[name]["user_config"]["max_batch_size"]
+        batch = BatchSettings(**deployments[name].get("user_config") or {})
+        assert router.batching.max_rows <= batch.max_batch_size  # the router's calls enter @serve.batch
+        assert deployments[name]["max_ongoing_requests"] * router.batching.max_rows >= batch.max_batch_size
         assert deployments[name]["max_queued_requests"] > 0  # overload is a fast 503, not a timeout
-    router = RouterSettings(**deployments["Router"]["user_config"])
     assert router.auth.enabled, "a cluster serves with authentication on"
     assert set(deployments) >= set(args.pool_names())  # every variant deployment is sized
 

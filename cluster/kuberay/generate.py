@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from serve_app.config import read_serve_config
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 NAME = "kepler-serve"
@@ -45,7 +47,7 @@ def merge(base: dict, overlay: dict) -> dict:
 
 
 def serve_config_v2() -> dict:
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config = read_serve_config(ROOT / "serve_config.yaml")
     overlay = yaml.safe_load((HERE / "overlay.yaml").read_text())
     applications = overlay.pop("applications", {})
     config = merge(config, overlay)

@@ -1,0 +1,209 @@
+"""The dispatcher: every prediction goes through the same stages, in this order.
+
+    resolve the version -> check the rows against that version's input schema
+    -> assign the variant (stable, candidate; experiments only)
+    -> batch -> call the model (breaker, retry once)          [ModelCalls]
+    -> record (metrics, the experiment's statistics) -> shadow copy
+
+`model="auto"` picks the model whose served version has the best registry ROC-AUC among those
+whose breakers are not open; `model="ensemble"` runs the stages once per member concurrently and
+soft-votes what answered, degrading rather than failing while one member answers. Ray-free:
+the ingress injects the model call, tests inject fakes that fail, hang or die on cue."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from runtimes.schema import LABELS
+
+from .config import RouterSettings
+from .ensemble import soft_vote
+from .errors import BreakerOpen, ModelUnavailable, ServingError
+from .model_calls import ModelCalls
+from .schemas import EnsembleInfo
+from .traffic import Route, ShadowCopies, Traffic
+from .versions import Versions
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asks, passed explicitly down the stages."""
+
+    request_id: str
+    principal: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names: sticky assignment
+
+
+@dataclass(frozen=True)
+class MemberAnswer:
+    model: str
+    version: str
+    probabilities: np.ndarray
+    variant: str | None = None  # "stable" or "candidate" when the model runs an experiment
+
+
+@dataclass(frozen=True)
+class Answer:
+    probabilities: np.ndarray
+    model: str
+    version: str
+    variant: str | None = None
+    ensemble: EnsembleInfo | None = None
+    members: dict[str, MemberAnswer] = field(default_factory=dict)  # every model's answer, when asked
+
+
+class Observer(Protocol):
+    """Where the dispatcher reports model answers (Prometheus in the ingress, a list in tests)."""
+
+    def answered(self, model: str, version: str, predicted: list[str], variant: str) -> None: ...
+    def failed(self, model: str, version: str, rows: int, variant: str) -> None: ...
+    def breaker_state(self, model: str, state: str) -> None: ...
+    def dropped_shadow(self, model: str) -> None: ...
+
+
+class Dispatcher:
+    def __init__(self, models: list[str], versions: Versions, calls: ModelCalls, traffic: Traffic,
+                 observer: Observer, settings: RouterSettings):
+        self.models, self.versions, self.calls, self.traffic = models, versions, calls, traffic
+        self.observer = observer
+        self.shadows = ShadowCopies(self._shadow_answer, traffic.recorder, observer.dropped_shadow)
+        self.configure(settings)
+
+    def configure(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.versions.ttl_s = settings.alias_cache_s
+        self.calls.configure(settings)
+        self.traffic.configure(settings.experiments)
+        self.shadows.resize(max([s.shadow_queue for s in settings.experiments.values()], default=64))
+
+    async def predict(self, model: str, version_ref: str | None, rows: np.ndarray, context: RequestContext,
+                      all_models: bool = False) -> Answer:
+        if model == "ensemble" or all_models:
+            vote = await self._ensemble(version_ref, rows, context)
+            if model == "ensemble":
+                return vote
+            chosen = await self._auto(version_ref) if model == "auto" else model
+            if chosen in vote.members:
+                member = vote.members[chosen]
+                return Answer(member.probabilities, chosen, member.version, member.variant, None, vote.members)
+            model = chosen
+        elif model == "auto":
+            model = await self._auto(version_ref)
+        member = await self._member(model, version_ref, rows, context)
+        return Answer(member.probabilities, model, member.version, member.variant)
+
+    # ---- one model, through every stage ------------------------------------------------------
+    async def _member(self, model: str, version_ref: str | None, rows: np.ndarray,
+                      context: RequestContext) -> MemberAnswer:
+        version = await self.versions.resolve(model, version_ref)
+        await self.versions.check_input(model, version, rows)
+        # Only requests that name no version take part in the model's experiment.
+        route = None if version_ref else self.traffic.route(model, context.headers)
+        if route is None:
+            return MemberAnswer(model, version, await self._call(model, version, rows, context))
+        if route.variant == "candidate":
+            answer = await self._compared(route, "candidate",
+                                          self._call(model, route.candidate_version, rows, context, "candidate"))
+            if answer is not None:
+                self._shadow(model, route, rows, answer)
+                return MemberAnswer(model, route.candidate_version, answer, "candidate")
+            # a failing candidate's request is answered by the stable variant
+        answer = await self._compared(route, "stable", self._call(model, version, rows, context), reraise=True)
+        self._shadow(model, route, rows, answer)
+        return MemberAnswer(model, version, answer, "stable")
+
+    async def _call(self, model: str, version: str, rows: np.ndarray, context: RequestContext,
+                    variant: str = "primary") -> np.ndarray:
+        deployment = model if variant == "primary" else f"{model}_{variant}"
+        try:
+            result = await self.calls(deployment, version, rows, context.request_id)
+        except Exception:
+            self.observer.failed(model, version, len(rows), variant)
+            raise
+        finally:
+            if variant == "primary":
+                self.observer.breaker_state(model, self.calls.state(model))
+        self.observer.answered(model, version, [LABELS[i] for i in result.argmax(axis=1)], variant)
+        return result
+
+    async def _compared(self, route: Route, variant: str, call, reraise: bool = False) -> np.ndarray | None:
+        """The call's outcome and latency, recorded for the experiment's triggers."""
+        started = time.perf_counter()
+        try:
+            result = await call
+        except ServingError:
+            if route.compares:
+                self.traffic.recorder.failed(route.experiment, variant)
+            if reraise:
+                raise
+            return None
+        if route.compares:
+            self.traffic.recorder.answered(route.experiment, variant, time.perf_counter() - started,
+                                           result.argmax(axis=1).tolist())
+        return result
+
+    def _shadow(self, model: str, route: Route, rows: np.ndarray, primary: np.ndarray) -> None:
+        if route.shadow_version:
+            self.shadows.offer(model, route, rows, primary)
+
+    async def _shadow_answer(self, model: str, version: str, rows: np.ndarray) -> np.ndarray:
+        return await self._call(model, version, rows, RequestContext("shadow"), "shadow")
+
+    # ---- model choice and the ensemble ------------------------------------------------------
+    async def _auto(self, version_ref: str | None) -> str:
+        """The model whose served version has the best registry ROC-AUC, skipping open breakers."""
+        best, best_auc = None, -1.0
+        for model in self.models:
+            if self.calls.state(model) == "open":
+                continue
+            try:
+                version = await self.versions.resolve(model, version_ref)
+                auc = (await self.versions.metadata(model, version))["performance"]["roc_auc"]
+            except ServingError:
+                continue
+            if auc > best_auc:
+                best, best_auc = model, auc
+        if best is None:
+            raise ModelUnavailable(f"no model can serve version {version_ref or 'default'!r}")
+        return best
+
+    async def _ensemble(self, version_ref: str | None, rows: np.ndarray, context: RequestContext) -> Answer:
+        weights = self.settings.ensemble_weights
+        members = [m for m in self.models if weights.get(m, 0) > 0]
+        results = await asyncio.gather(*(self._member(m, version_ref, rows, context) for m in members),
+                                       return_exceptions=True)
+        answers: dict[str, MemberAnswer] = {}
+        skipped: dict[str, BaseException] = {}
+        for model, result in zip(members, results):
+            if isinstance(result, BaseException):
+                skipped[model] = result
+            else:
+                answers[model] = result
+        if not answers:
+            raise _all_failed(skipped)
+        info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
+                            degraded=bool(skipped),
+                            skipped={m: getattr(e, "message", type(e).__name__) for m, e in skipped.items()})
+        versions = {a.version for a in answers.values()}
+        version = versions.pop() if len(versions) == 1 else (version_ref or "mixed")
+        probabilities = soft_vote({m: a.probabilities for m, a in answers.items()}, weights)
+        return Answer(probabilities, "ensemble", version, None, info, answers)
+
+
+def _all_failed(skipped: dict[str, BaseException]) -> ServingError:
+    """Every member failed: if a member's failure was the request's own (a bad version), say so;
+    if breakers turned every member away, retry when the first one half-opens."""
+    for error in skipped.values():
+        if isinstance(error, ServingError) and not isinstance(error, ModelUnavailable):
+            return error
+        if not isinstance(error, Exception):
+            raise error
+    reasons = "; ".join(f"{m}: {getattr(e, 'message', type(e).__name__)}" for m, e in skipped.items())
+    if all(isinstance(e, BreakerOpen) for e in skipped.values()):
+        return BreakerOpen(f"every ensemble member failed: {reasons}",
+                           min(e.retry_after_s for e in skipped.values()))
+    return ModelUnavailable(f"every ensemble member failed: {reasons}")

@@ -1,0 +1,37 @@
+"""The HTTP surface, one module per protocol: rest (/api/v1), v2 (/v2), admin (experiments) and
+ops (health, metrics, docs). `build_http_app` assembles them for one ingress instance."""
+from __future__ import annotations
+
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from ..auth import Authenticator
+from . import admin, errors, ops, rest, v2
+from .middleware import AccessControl, BodyLimit, Gate, V2JsonBodies
+
+DESCRIPTION = "Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE."
+APP_VERSION = package_version("kepler-serve")
+
+
+def build_http_app(ingress, gate: Gate, version: str = APP_VERSION) -> FastAPI:
+    """The FastAPI app of one ingress instance; routes reach it through `app.state.ingress`."""
+    app = FastAPI(title="kepler-serve", version=version, description=DESCRIPTION, docs_url=None, redoc_url=None)
+    app.state.ingress = ingress
+    app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
+              name="docs-assets")
+    for surface in (rest, v2, admin, ops):
+        app.include_router(surface.router)
+    errors.install(app)
+    app.add_middleware(V2JsonBodies)
+    app.add_middleware(BodyLimit, gate=gate)
+    app.add_middleware(AccessControl, gate=gate)  # outermost: nothing is read before the caller is known
+    return app
+
+
+def openapi_schema() -> dict:
+    """The OpenAPI document every ingress serves at /openapi.json."""
+    return build_http_app(None, Gate(auth=Authenticator({}))).openapi()

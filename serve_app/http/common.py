@@ -1,0 +1,49 @@
+"""What every route module shares: the ingress behind a request, the request's context, and one
+prediction timed, counted and logged (one structured line per request)."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from fastapi import Request
+
+from ..dispatcher import Answer, RequestContext
+from ..errors import ServingError
+from .errors import status_of
+
+logger = logging.getLogger("ray.serve")
+
+
+def ingress(request: Request):
+    """The ingress instance that built this app (serve_app/ingress.py: Router)."""
+    return request.app.state.ingress
+
+
+def context(request: Request) -> RequestContext:
+    principal = request.scope.get("state", {}).get("principal")
+    return RequestContext(request_id=ingress(request).request_id(),
+                          principal=principal.name if principal is not None else None,
+                          headers=request.headers)
+
+
+async def predict(request: Request, route: str, model: str, version: str | None, rows: np.ndarray,
+                  all_models: bool = False) -> tuple[Answer, RequestContext]:
+    service, ctx = ingress(request), context(request)
+    started, status, served = time.perf_counter(), 200, (model, version or "default", None)
+    service.ensure_syncing()
+    try:
+        answer = await service.dispatcher.predict(model, version, rows, ctx, all_models)
+        served = answer.model, answer.version, answer.variant
+        return answer, ctx
+    except ServingError as e:
+        status = status_of(e)
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        if status == 200:
+            service.metrics.observe_latency(served[0], served[1], seconds)
+        service.metrics.request(route, status)
+        logger.info("request", extra={"endpoint": route, "model": served[0], "version": served[1],
+                                      "variant": served[2] or "primary", "rows": len(rows), "status": status,
+                                      "latency_ms": round(seconds * 1000, 3), "request_id": ctx.request_id})

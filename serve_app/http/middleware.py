@@ -1,0 +1,120 @@
+"""ASGI middleware of the ingress, configured per instance: each takes the ingress's `Gate`, whose
+fields `reconfigure()` sets from the validated user_config. Outermost first: access control
+(nothing is read before the caller is known), the body limit, then V2 content types."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from ..access import TokenBuckets, is_rate_limited, required_scope
+from ..auth import AuthError, Authenticator, Principal
+
+
+@dataclass
+class Gate:
+    """What the middleware enforces; one per ingress instance."""
+
+    auth: Authenticator
+    auth_enabled: bool = True
+    requests_per_minute: float = 100.0
+    max_body_bytes: int = 2_000_000
+    replicas: int = 1  # router replicas sharing each credential's rate limit
+    buckets: TokenBuckets = field(default_factory=TokenBuckets)
+
+    def per_minute(self, principal: Principal) -> float:
+        return principal.requests_per_minute or self.requests_per_minute
+
+
+async def refuse(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccessControl:
+    """Scopes per route (serve_app/access.py), then per-credential rate limits: each router
+    replica enforces its share of the limit locally, so no request waits on another process.
+    With authentication off only the admin routes ask for a credential."""
+
+    def __init__(self, app, gate: Gate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        gate, path = self.gate, scope["path"]
+        needed = required_scope(path)
+        principal = None
+        if needed == "admin" or (needed and gate.auth_enabled):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            try:
+                principal = gate.auth.authorize(headers, needed)
+            except AuthError as e:
+                return await refuse(send, e.status, e.message, {"WWW-Authenticate": "Bearer"} if e.status == 401 else {})
+        if principal is not None and is_rate_limited(path):
+            wait = gate.buckets.take(principal.name, gate.per_minute(principal) / max(1, gate.replicas))
+            if wait:
+                return await refuse(send, 429, f"rate limit exceeded: {gate.per_minute(principal):g} requests "
+                                    "per minute", {"Retry-After": str(max(1, math.ceil(wait)))})
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for bodies over the limit, checked before anything parses them."""
+
+    def __init__(self, app, gate: Gate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.gate.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > limit:
+                return await self._refuse(send, limit)
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): buffer up to the limit, then replay the body.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await self._refuse(send, limit)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        await refuse(send, 413, f"request body exceeds the limit of {limit} bytes")
+
+
+class V2JsonBodies:
+    """V2 clients (tritonclient among them) may send JSON without a Content-Type: treat it as JSON."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v2/") and scope["method"] == "POST":
+            headers = scope.get("headers") or []
+            if not any(name == b"content-type" for name, _ in headers):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)

@@ -1,0 +1,204 @@
+"""The Router: the graph's ingress deployment, and the only place the serving path meets Ray.
+
+It owns the DeploymentHandles and turns them into the dispatcher's model call (Ray's exceptions
+into domain errors), keeps the experiment book fresh off the request path, and builds its own
+FastAPI app (serve_app/http) per instance, so middleware is configured from this instance's
+validated config. The decisions live in the Ray-free dispatcher (serve_app/dispatcher.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from .auth import Authenticator
+from .config import AppArgs, RouterSettings
+from .dispatcher import Dispatcher
+from .errors import Conflict, ModelUnavailable, NotFoundError, Overloaded, ReplicaGone, ServingError
+from .http import APP_VERSION, build_http_app
+from .http.middleware import Gate
+from .metrics import RouterMetrics
+from .model_calls import ModelCalls
+from .ray_internals import current_request_id
+from .traffic import Traffic
+from .versions import Versions
+
+logger = logging.getLogger("ray.serve")
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
+
+
+@serve.ingress()
+class Router:
+    def __init__(self, models: dict[str, DeploymentHandle], args: dict,
+                 pools: dict[str, DeploymentHandle] | None = None, controller: DeploymentHandle | None = None):
+        self.args = AppArgs(**args)
+        self.settings = self.args.router
+        self.models = list(models)
+        self.handles = {**models, **(pools or {})}  # pools: "<model>_candidate" / "<model>_shadow"
+        self.controller = controller
+        self.configured_defaults = {name: s.default_version for name, s in self.args.models.items()}
+        self.registry = self.args.registry.config().open()
+        self.gate = Gate(auth=Authenticator.from_env())
+        self.metrics = RouterMetrics(self.models)
+        self.versions = Versions(self.registry, self._default_ref, self.configured_defaults)
+        self.traffic = Traffic()
+        calls = ModelCalls(self._call_model, self.models, self.settings)
+        self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
+        self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
+        self._syncing: asyncio.Task | None = None
+        self.app_version = APP_VERSION
+        self.metrics_url = _metrics_url()
+        self.replica = _replica_id()
+        for name in self.models:
+            try:
+                self.metrics.zero_model(name, self.registry.resolve(name, self.configured_defaults[name]))
+            except Exception:  # noqa: BLE001 - the series appears with the first answer instead
+                pass
+
+    def __serve_build_asgi_app__(self):
+        return build_http_app(self, self.gate, APP_VERSION)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.settings = RouterSettings(**(user_config or {}))
+        for model, spec in self.settings.experiments.items():
+            for kind in ("candidate", "shadow"):
+                if getattr(spec, kind) and f"{model}_{kind}" not in self.handles:
+                    raise ValueError(f"experiments.{model}.{kind}: no {model}_{kind} deployment; add "
+                                     f"{model} to the application's experiment_pools")
+        self.gate.max_body_bytes = self.settings.max_body_bytes
+        self.gate.auth_enabled = self.settings.auth.enabled
+        self.gate.requests_per_minute = self.settings.auth.requests_per_minute
+        if not self.settings.auth.enabled:
+            logger.warning("AUTHENTICATION IS OFF: predictions, listings and docs are open to anyone who can "
+                           "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
+        self.dispatcher.configure(self.settings)
+
+    async def check_health(self) -> None:
+        self.ensure_syncing()
+
+    def request_id(self) -> str:
+        return current_request_id() or uuid.uuid4().hex
+
+    # ---- the model call the dispatcher makes ----------------------------------------------------
+    def _handle(self, deployment: str, version: str) -> DeploymentHandle:
+        """The deployment's handle bound to one version, made once: `options()` builds (and pickles)
+        a request-router config each time it is called."""
+        key = (deployment, version)
+        if key not in self._version_handles:
+            if len(self._version_handles) >= 64:  # callers may name any version: keep the newest only
+                del self._version_handles[next(iter(self._version_handles))]
+            self._version_handles[key] = self.handles[deployment].options(multiplexed_model_id=version)
+        return self._version_handles[key]
+
+    async def _call_model(self, deployment: str, version: str, rows: np.ndarray, request_ids: list[str]) -> np.ndarray:
+        try:
+            return await self._handle(deployment, version).predict.remote(version, rows, request_ids, self.replica)
+        except ServingError as e:  # the replica's own verdict on this request, wrapped by Ray
+            cause = getattr(e, "cause", None)
+            raise (cause if isinstance(cause, ServingError) else e) from None
+        except BackPressureError:
+            raise Overloaded(f"{deployment} is overloaded: its request queue is full") from None
+        except _REPLICA_GONE as e:
+            raise ReplicaGone(type(e).__name__) from None
+
+    async def _default_ref(self, model: str) -> str:
+        return await asyncio.wait_for(self.handles[model].default_ref.remote(), self.settings.model_timeout_s)
+
+    # ---- what the routes ask of Ray --------------------------------------------------------------
+    async def loaded(self) -> dict[str, list[str]]:
+        async def one(name):
+            try:
+                return await asyncio.wait_for(self.handles[name].loaded_versions.remote(), 5)
+            except Exception:  # noqa: BLE001 - an unreachable deployment has nothing loaded
+                return []
+        return dict(zip(self.models, await asyncio.gather(*(one(n) for n in self.models))))
+
+    async def describe(self, model: str, version: str) -> dict:
+        return await self._handle(model, version).describe.remote(version)
+
+    async def metrics_text(self) -> str:
+        if not self.metrics_url:
+            raise OSError("this node's metrics export address is unknown")
+        return await asyncio.to_thread(_fetch, self.metrics_url)
+
+    async def ask_controller(self, method: str, *args, **kwargs):
+        if self.controller is None:
+            raise NotFoundError("experiments are not enabled in this application")
+        try:
+            return await asyncio.wait_for(getattr(self.controller, method).remote(*args, **kwargs), 30)
+        except Exception as e:  # noqa: BLE001 - Ray wraps the controller's own errors
+            cause = e if isinstance(e, (LookupError, ValueError)) else getattr(e, "cause", None)
+            if isinstance(cause, LookupError):
+                raise NotFoundError(str(cause)) from None
+            if isinstance(cause, ValueError):
+                raise Conflict(str(cause)) from None
+            raise ModelUnavailable(f"experiment controller unavailable: {type(e).__name__}") from None
+
+    def router_view(self) -> dict:
+        return {"replica": _replica_id(), "generation": self.traffic.generation,
+                "replicas_sharing_rate_limits": self.gate.replicas}
+
+    # ---- the experiment book, kept fresh off the request path ----------------------------------
+    def ensure_syncing(self) -> None:
+        if self._syncing is None or self._syncing.done():
+            self._syncing = asyncio.ensure_future(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        counted = 0.0
+        while True:
+            if time.monotonic() - counted > 5:  # serve.status() is costly; router counts change rarely
+                counted = time.monotonic()
+                self.gate.replicas = await asyncio.to_thread(_router_replicas, self.gate.replicas)
+            if self.controller is not None:
+                await self._sync_once()
+            await asyncio.sleep(self.settings.sync_period_s)
+
+    async def _sync_once(self) -> None:
+        drained = self.traffic.recorder.drain()
+        specs = {m: s.model_dump() for m, s in self.settings.experiments.items()}
+        try:
+            self.traffic.adopt(await asyncio.wait_for(self.controller.sync.remote(specs, drained), 5))
+        except Exception as e:  # noqa: BLE001 - keep the last book; resend the statistics later
+            self.traffic.recorder.restore(drained)
+            logger.warning("experiment controller unreachable, keeping generation %d: %s",
+                           self.traffic.generation, type(e).__name__)
+
+
+def _router_replicas(known: int) -> int:
+    """How many router replicas share the rate limits (asked of Serve off the request path)."""
+    try:
+        context = serve.get_replica_context()
+        status = serve.status().applications[context.app_name].deployments[context.deployment]
+        return max(1, status.replica_states.get("RUNNING", known))
+    except Exception:  # noqa: BLE001 - keep the last count
+        return known
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica
+        return "local"
+
+
+def _metrics_url() -> str | None:
+    """Where this node's Ray metrics agent exports Prometheus text."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback/cluster address
+        return response.read().decode()

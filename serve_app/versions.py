@@ -1,0 +1,97 @@
+"""The dispatcher's first two stages: a request's version reference becomes a concrete version,
+and its rows are checked against that version's input schema. Ray-free: what the running model
+replicas serve by default comes through an injected function.
+
+Aliases are cached for `ttl_s` and the last answer is kept while the registry is unreachable
+(AliasResolver); the replicas' default is asked once, then refreshed in the background, so the
+request path never waits on it once known. Versions are immutable, so metadata is cached for good."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from registry import InvalidName, ModelRegistry, NotFound
+
+from .aliases import AliasResolver
+from .errors import BadRequest, ModelUnavailable, NotFoundError
+
+logger = logging.getLogger("ray.serve")
+DefaultRef = Callable[[str], Awaitable[str]]
+
+
+async def registry_call(function):
+    """A blocking registry read off the event loop, its failures as domain errors."""
+    try:
+        return await asyncio.to_thread(function)
+    except NotFound as e:
+        raise NotFoundError(str(e)) from None
+    except InvalidName as e:
+        raise BadRequest(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - registry unreachable or malformed
+        raise ModelUnavailable(f"registry unavailable: {e}") from None
+
+
+class Versions:
+    def __init__(self, registry: ModelRegistry, default_ref: DefaultRef, configured: dict[str, str],
+                 ttl_s: float = 5.0, clock=time.monotonic):
+        """`default_ref(model)` asks the model's replicas what they serve by default; `configured`
+        is the application's own default per model, used until they first answer."""
+        self.registry = registry
+        self.aliases = AliasResolver(registry, ttl_s, clock)
+        self.ask_default, self.configured, self.clock = default_ref, configured, clock
+        self._defaults: dict[str, tuple[str, float]] = {}
+        self._refreshing: dict[str, asyncio.Task] = {}
+        self._metadata: dict[tuple[str, str], dict] = {}
+
+    @property
+    def ttl_s(self) -> float:
+        return self.aliases.ttl_s
+
+    @ttl_s.setter
+    def ttl_s(self, value: float) -> None:
+        self.aliases.ttl_s = value
+
+    async def resolve(self, model: str, ref: str | None) -> str:
+        """A request's version or alias, else the replicas' default, as a concrete version."""
+        return await self.aliases.resolve(model, ref or await self._default_ref(model))
+
+    async def _default_ref(self, model: str) -> str:
+        cached = self._defaults.get(model)
+        if cached is None:
+            return await self._refresh_default(model)
+        if self.clock() - cached[1] >= self.ttl_s and model not in self._refreshing:
+            self._refreshing[model] = asyncio.ensure_future(self._refresh_default(model))
+        return cached[0]
+
+    async def _refresh_default(self, model: str) -> str:
+        cached = self._defaults.get(model)
+        try:
+            ref = await self.ask_default(model)
+        except Exception:  # noqa: BLE001 - unreachable: the last answer, else the configuration's
+            ref = cached[0] if cached else self.configured[model]
+        finally:
+            self._refreshing.pop(model, None)
+        self._defaults[model] = (ref, self.clock())
+        return ref
+
+    async def metadata(self, model: str, version: str) -> dict:
+        key = (model, version)
+        if key not in self._metadata:
+            metadata = await registry_call(lambda: self.registry.metadata(model, version))
+            self._metadata[key] = metadata.model_dump()
+        return self._metadata[key]
+
+    async def check_input(self, model: str, version: str, rows: np.ndarray) -> None:
+        """Rows must have the version's own feature count. A registry that cannot be read now
+        leaves the check to the replica, which refuses rows its runtime cannot take."""
+        try:
+            expected = (await self.metadata(model, version))["input_schema"]["features"]
+        except ModelUnavailable:
+            return
+        if rows.ndim != 2 or rows.shape[1] != expected:
+            raise BadRequest(f"features: {model} {version} takes {expected} features per row, "
+                             f"got {rows.shape[-1] if rows.ndim else 0}")
