@@ -145,17 +145,20 @@ class LocalCluster:
             raise RuntimeError(f"PUT /api/serve/applications/ failed: {response.status_code} {response.text}")
 
     def serve_status(self) -> dict:
-        return requests.get(f"{self.dashboard_url}/api/serve/applications/", timeout=10).json()
+        return requests.get(f"{self.dashboard_url}/api/serve/applications/", timeout=30).json()
 
     def wait_running(self, app: str = "kepler", timeout: float = 300, health_endpoint: bool = True) -> None:
-        """The application RUNNING with every deployment HEALTHY, and (kepler-serve's) health endpoint healthy."""
+        """The application RUNNING with every deployment HEALTHY and no replica starting or stopping
+        (a replica draining after a downscale still takes requests), and (kepler-serve's) health
+        endpoint healthy."""
         deadline, status = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             try:
                 status = self.serve_status()["applications"].get(app, {})
                 deployments = status.get("deployments", {}).values()
                 if status.get("status") == "RUNNING" and deployments and all(
-                        d["status"] == "HEALTHY" for d in deployments):
+                        d["status"] == "HEALTHY" and all(r["state"] == "RUNNING" for r in d.get("replicas", []))
+                        for d in deployments):
                     if not health_endpoint:
                         return
                     health = requests.get(f"{SERVE_URL}/api/v1/health", timeout=5)

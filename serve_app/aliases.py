@@ -15,7 +15,7 @@ logger = logging.getLogger("ray.serve")
 
 
 class AliasResolver:
-    def __init__(self, registry: ModelRegistry, ttl_s: float = 5.0, clock=time.monotonic):
+    def __init__(self, registry: ModelRegistry, ttl_s: float, clock=time.monotonic):
         self.registry = registry
         self.ttl_s = ttl_s
         self.clock = clock

@@ -15,7 +15,7 @@ class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; after `cooldown_s` lets one probe
     through (half-open): its success closes the breaker, its failure opens it again."""
 
-    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 10.0, clock=time.monotonic):
+    def __init__(self, failure_threshold: int, cooldown_s: float, clock=time.monotonic):
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
         self.clock = clock

@@ -27,7 +27,7 @@ class _Waiting:
 
 
 class Coalescer:
-    def __init__(self, send: Send, calls_in_flight: int = 2, max_rows: int = 64):
+    def __init__(self, send: Send, calls_in_flight: int, max_rows: int):
         """`send(key, rows, request_ids)` makes the one call for a batch; `calls_in_flight` 0 sends
         each request on its own."""
         self.send = send

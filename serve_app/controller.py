@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from registry import RegistryError
 
 from .aliases import AliasResolver
-from .config import ExperimentSettings, RegistrySettings
+from .config import ExperimentSettings, RegistrySettings, RouterSettings
 from .errors import ServingError
 from .experiments import TERMINAL, Book, Decisions, Record
 from .metrics import ControllerMetrics
@@ -31,7 +31,7 @@ class ExperimentController:
     def __init__(self, pools: dict[str, DeploymentHandle], models: list[str], registry: dict):
         self.pools = pools  # "<model>_candidate" / "<model>_shadow" -> handle
         self.registry = RegistrySettings(**registry).config().open()
-        self.aliases = AliasResolver(self.registry, ttl_s=5.0)
+        self.aliases = AliasResolver(self.registry, RouterSettings().alias_cache_s)
         self.window = Window()
         self.book, self.etag = self._load_book()
         self.decisions = Decisions(self.book, self.window)

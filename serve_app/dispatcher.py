@@ -198,10 +198,10 @@ def _all_failed(skipped: dict[str, BaseException]) -> ServingError:
     """Every member failed: if a member's failure was the request's own (a bad version), say so;
     if breakers turned every member away, retry when the first one half-opens."""
     for error in skipped.values():
+        if not isinstance(error, Exception):  # cancelled: not a verdict on the models
+            raise error
         if isinstance(error, ServingError) and not isinstance(error, ModelUnavailable):
             return error
-        if not isinstance(error, Exception):
-            raise error
     reasons = "; ".join(f"{m}: {getattr(e, 'message', type(e).__name__)}" for m, e in skipped.items())
     if all(isinstance(e, BreakerOpen) for e in skipped.values()):
         return BreakerOpen(f"every ensemble member failed: {reasons}",

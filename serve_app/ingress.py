@@ -45,9 +45,9 @@ class Router:
         self.controller = controller
         self.configured_defaults = {name: s.default_version for name, s in self.args.models.items()}
         self.registry = self.args.registry.config().open()
-        self.gate = Gate(auth=Authenticator.from_env())
+        self.gate = Gate.of(Authenticator.from_env(), self.settings)
         self.metrics = RouterMetrics(self.models)
-        self.versions = Versions(self.registry, self._default_ref, self.configured_defaults)
+        self.versions = Versions(self.registry, self._default_ref, self.configured_defaults, self.settings.alias_cache_s)
         self.traffic = Traffic()
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
@@ -72,9 +72,7 @@ class Router:
                 if getattr(spec, kind) and f"{model}_{kind}" not in self.handles:
                     raise ValueError(f"experiments.{model}.{kind}: no {model}_{kind} deployment; add "
                                      f"{model} to the application's experiment_pools")
-        self.gate.max_body_bytes = self.settings.max_body_bytes
-        self.gate.auth_enabled = self.settings.auth.enabled
-        self.gate.requests_per_minute = self.settings.auth.requests_per_minute
+        self.gate.configure(self.settings)
         if not self.settings.auth.enabled:
             logger.warning("AUTHENTICATION IS OFF: predictions, listings and docs are open to anyone who can "
                            "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")

@@ -33,7 +33,7 @@ class ModelCalls:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}  # model deployment -> its breaker
         self.variant_breakers: dict[tuple[str, str], CircuitBreaker] = {}  # (variant deployment, version)
-        self.coalescer = Coalescer(self._send)
+        self.coalescer = Coalescer(self._send, settings.batching.calls_in_flight, settings.batching.max_rows)
         self.configure(settings)
         self.breakers = {name: self._new_breaker() for name in models}
 

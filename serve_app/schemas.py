@@ -57,11 +57,22 @@ def _row(features: list | dict) -> list:
     return features
 
 
+class RowError(ValueError):
+    def __init__(self, row: int, message: str):
+        super().__init__(message)
+        self.row = row
+
+
 def features_matrix(rows: list[list | dict]) -> np.ndarray:
     """Rows as the float32 matrix the models compute in, NaN for missing. Every present value must
-    be finite and within float32's range (|x| <= 3.4e38): anything else is a ValueError naming the
-    row and position, never an infinity reaching a model. Checked on the whole matrix at once."""
-    ordered = [_row(features) for features in rows]
+    be finite and within float32's range (|x| <= 3.4e38): anything else is a RowError naming the
+    row and the feature, never an infinity reaching a model. Checked on the whole matrix at once."""
+    ordered = []
+    for i, features in enumerate(rows):
+        try:
+            ordered.append(_row(features))
+        except ValueError as e:
+            raise RowError(i, str(e)) from None
     try:
         matrix = np.array(ordered, dtype=np.float64)  # None -> NaN
     except OverflowError:  # an integer beyond float64
@@ -73,9 +84,8 @@ def features_matrix(rows: list[list | dict]) -> np.ndarray:
         for j, value in enumerate(row):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(float_or_inf(value))
                                           and abs(float(value)) <= FLOAT32_MAX):
-                where = f"row {i}, " if len(ordered) > 1 else ""
-                raise ValueError(f"{where}{FEATURES[j]} (position {j}): {value!r:.40} is not a finite number "
-                                 f"within float32's range (|x| <= {FLOAT32_MAX:.4g})")
+                raise RowError(i, f"{FEATURES[j]} (position {j}): {value!r:.40} is not a finite number "
+                                  f"within float32's range (|x| <= {FLOAT32_MAX:.4g})")
     raise AssertionError("unreachable")
 
 
@@ -110,8 +120,9 @@ class BatchPredictRequest(_Request):
     def _rows(self) -> "BatchPredictRequest":
         try:
             self._matrix = features_matrix(self.instances)
-        except ValueError as e:
-            raise PydanticCustomError("value_error", "instances: {reason}", {"reason": str(e)}) from None
+        except RowError as e:
+            raise PydanticCustomError("value_error", "instances[{row}]: {reason}", {"row": e.row, "reason": str(e)}) \
+                from None
         return self
 
     def matrix(self) -> np.ndarray:

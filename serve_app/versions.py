@@ -37,7 +37,7 @@ async def registry_call(function):
 
 class Versions:
     def __init__(self, registry: ModelRegistry, default_ref: DefaultRef, configured: dict[str, str],
-                 ttl_s: float = 5.0, clock=time.monotonic):
+                 ttl_s: float, clock=time.monotonic):
         """`default_ref(model)` asks the model's replicas what they serve by default; `configured`
         is the application's own default per model, used until they first answer."""
         self.registry = registry

@@ -40,7 +40,7 @@ def run(coroutine):
 
 def test_a_lone_request_is_sent_at_once_and_alone():
     downstream = Downstream()
-    answer = run(Coalescer(downstream, calls_in_flight=2)(("xgboost", "1.0.0"), rows(4), "r1"))
+    answer = run(Coalescer(downstream, calls_in_flight=2, max_rows=64)(("xgboost", "1.0.0"), rows(4), "r1"))
     assert answer.tolist() == [[40.0]]
     assert downstream.calls == [(("xgboost", "1.0.0"), 1, ["r1"])]
 
@@ -77,7 +77,7 @@ def test_calls_hold_at_most_max_rows_unless_one_request_is_larger():
 
 def test_keys_are_batched_apart():
     downstream = Downstream()
-    coalescer = Coalescer(downstream, calls_in_flight=1)
+    coalescer = Coalescer(downstream, calls_in_flight=1, max_rows=64)
 
     async def many():
         return await asyncio.gather(*(coalescer(("xgboost", v), rows(i), f"r{i}")
@@ -91,7 +91,7 @@ def test_keys_are_batched_apart():
 
 def test_a_failed_call_fails_its_own_requests_only():
     downstream = Downstream(fail_on=1)
-    coalescer = Coalescer(downstream, calls_in_flight=1)
+    coalescer = Coalescer(downstream, calls_in_flight=1, max_rows=64)
 
     async def many():
         first = asyncio.ensure_future(coalescer("k", rows(1), "first"))
@@ -107,7 +107,7 @@ def test_a_failed_call_fails_its_own_requests_only():
 
 def test_zero_calls_in_flight_sends_each_request_on_its_own():
     downstream = Downstream()
-    coalescer = Coalescer(downstream, calls_in_flight=0)
+    coalescer = Coalescer(downstream, calls_in_flight=0, max_rows=64)
 
     async def many():
         return await asyncio.gather(*(coalescer("k", rows(i), f"r{i}") for i in range(6)))
@@ -118,7 +118,7 @@ def test_zero_calls_in_flight_sends_each_request_on_its_own():
 
 def test_a_caller_that_goes_away_leaves_the_others_answered():
     downstream = Downstream(delay=0.05)
-    coalescer = Coalescer(downstream, calls_in_flight=1)
+    coalescer = Coalescer(downstream, calls_in_flight=1, max_rows=64)
 
     async def many():
         first = asyncio.ensure_future(coalescer("k", rows(1), "first"))

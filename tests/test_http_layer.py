@@ -11,6 +11,7 @@ import pytest
 
 from serve_app import v2 as codec
 from serve_app.auth import Authenticator, hash_key, parse_keys
+from serve_app.config import RouterSettings
 from serve_app.errors import BadRequest, BreakerOpen, Conflict, ModelUnavailable, NotFoundError, Overloaded
 from serve_app.http import build_http_app
 from serve_app.http.errors import domain_error_response, status_of
@@ -79,9 +80,13 @@ def call(app, method: str, path: str, body: bytes | dict | None = None, headers:
     return start["status"], response_headers, json.loads(payload) if payload else {}
 
 
+def gate_with(keys: dict | None = None, **settings) -> Gate:
+    return Gate.of(Authenticator(keys or {}), RouterSettings(**{"auth": {"enabled": False}, **settings}))
+
+
 def app_with(gate: Gate | None = None, **settings):
     ingress = FakeIngress(**settings)
-    gate = gate or Gate(auth=Authenticator({}), auth_enabled=False)
+    gate = gate or gate_with()
     return build_http_app(ingress, gate), ingress
 
 
@@ -138,7 +143,7 @@ def test_values_outside_what_the_models_compute_in_are_refused_naming_the_featur
     batch = ('{"instances": [' + ", ".join(["[" + ", ".join(["1"] * 36) + "]"] * 2 + [
         "[" + ", ".join(["2"] * 35 + [value]) + "]"]) + "]}").encode()
     status, _, answer = call(app, "POST", "/api/v1/predict/batch", batch, {"content-type": "application/json"})
-    assert status == 422 and answer["error"].startswith("instances: row 2, koi_kepmag (position 35)"), answer
+    assert status == 422 and answer["error"].startswith("instances[2]: koi_kepmag (position 35)"), answer
 
 
 def test_missing_values_and_extremes_inside_float32_are_accepted():
@@ -164,8 +169,8 @@ def test_validation_errors_name_the_field():
 
 @pytest.mark.parametrize("chunks", [1, 4])
 def test_the_body_limit_is_per_instance_declared_or_chunked(chunks):
-    small, _ = app_with(Gate(auth=Authenticator({}), auth_enabled=False, max_body_bytes=2048))
-    large, _ = app_with(Gate(auth=Authenticator({}), auth_enabled=False, max_body_bytes=1_000_000))
+    small, _ = app_with(gate_with(max_body_bytes=2048))
+    large, _ = app_with(gate_with(max_body_bytes=1_000_000))
     body = {"instances": [ROW] * 20, "model": "xgboost"}  # about 3.6 kB
     status, _, answer = call(small, "POST", "/api/v1/predict/batch", body, chunks=chunks)
     assert status == 413 and "2048 bytes" in answer["error"]
@@ -177,8 +182,8 @@ def test_the_body_limit_is_per_instance_declared_or_chunked(chunks):
 
 def test_access_control_and_rate_limits_are_per_instance():
     keys = parse_keys(f"app:{hash_key('k1')}:predict:2")
-    guarded, _ = app_with(Gate(auth=Authenticator(keys), auth_enabled=True))
-    open_app, _ = app_with(Gate(auth=Authenticator(keys), auth_enabled=False))
+    guarded, _ = app_with(gate_with(keys, auth={"enabled": True}))
+    open_app, _ = app_with(gate_with(keys))
     request = {"features": ROW, "model": "xgboost"}
     assert call(guarded, "POST", "/api/v1/predict", request)[0] == 401
     assert call(open_app, "POST", "/api/v1/predict", request)[0] == 200

@@ -214,3 +214,38 @@ def test_concurrent_requests_reach_the_model_in_fewer_calls(serve_app, trained_r
     assert ids == sorted(f"{tag}-{i}" for i in range(len(rows)))  # each request answered once
     calls = sum(b["calls"] for b in batches)
     assert calls < len(rows) / 2, [(b["calls"], b["rows"]) for b in batches]
+
+
+def test_serve_batch_merges_the_calls_of_two_routers(serve_app):
+    """Two Router replicas under c=16: the forest replica's @serve.batch gathers calls from both
+    into one batch (its batch log names the routers whose calls it merged)."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = copy.deepcopy(serve_app.config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["num_replicas"] = 2
+    serve_app.deploy(config)
+    serve_app.wait_running()
+    rows = [as_json_row(r) for r in held_out(16, offset=200)]
+    logs = serve_app.temp_dir / "session_latest" / "logs" / "serve"
+    tag, merged, routers = uuid.uuid4().hex[:8], [], set()
+    try:
+        deadline = time.monotonic() + 90
+        with ThreadPoolExecutor(16) as pool:
+            while time.monotonic() < deadline and not merged:
+                answers = list(pool.map(lambda i: requests.post(
+                    PREDICT, json={"features": rows[i % 16], "model": "random_forest"},
+                    headers={"X-Request-ID": f"{tag}-{i}"}, timeout=60), range(160)))
+                assert all(a.status_code == 200 for a in answers)
+                batches = [l for l in _log_lines(logs, "replica_kepler_random_forest_*.log")
+                           if l.get("message") == "batch" and any(r.startswith(tag) for r in l.get("request_ids", []))]
+                routers = {c for b in batches for c in b.get("callers", [])}
+                merged = [b for b in batches if len(b.get("callers", [])) == 2]
+        print(f"\n@serve.batch: {len(merged)} batches merged calls of both routers ({sorted(routers)})")
+        assert len(routers) == 2, routers  # both routers served, and the model saw both
+        assert merged, "no batch merged calls from both routers"
+    finally:
+        serve_app.deploy(serve_app.config)
+        serve_app.wait_running()

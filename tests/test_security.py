@@ -39,14 +39,21 @@ def _until(condition, timeout: float = 30) -> None:
 
 
 @pytest.fixture(scope="module")
-def secured(serve_app):
-    serve_app.deploy(_with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000}))
-    serve_app.wait_running()
-    _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 401)
-    yield serve_app
+def _restored_afterwards(serve_app):
+    yield
     serve_app.deploy(serve_app.config)
     serve_app.wait_running()
     _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 200)
+
+
+@pytest.fixture
+def secured(serve_app, _restored_afterwards):
+    """Authentication on, in place; applied again if a test in between deployed another config."""
+    if requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code != 401:
+        serve_app.deploy(_with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000}))
+        serve_app.wait_running()
+        _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 401)
+    return serve_app
 
 
 PREDICT_ROUTES = [

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from ..auth import Authenticator
+from ..config import RouterSettings
 from . import admin, errors, ops, rest, v2
 from .middleware import AccessControl, BodyLimit, Gate, V2JsonBodies
 
@@ -34,4 +35,4 @@ def build_http_app(ingress, gate: Gate, version: str = APP_VERSION) -> FastAPI:
 
 def openapi_schema() -> dict:
     """The OpenAPI document every ingress serves at /openapi.json."""
-    return build_http_app(None, Gate(auth=Authenticator({}))).openapi()
+    return build_http_app(None, Gate.of(Authenticator({}), RouterSettings())).openapi()

@@ -9,18 +9,28 @@ from dataclasses import dataclass, field
 
 from ..access import TokenBuckets, is_rate_limited, required_scope
 from ..auth import AuthError, Authenticator, Principal
+from ..config import RouterSettings
 
 
 @dataclass
 class Gate:
-    """What the middleware enforces; one per ingress instance."""
+    """What the middleware enforces; one per ingress instance, set from its validated settings."""
 
     auth: Authenticator
-    auth_enabled: bool = True
-    requests_per_minute: float = 100.0
-    max_body_bytes: int = 2_000_000
+    auth_enabled: bool
+    requests_per_minute: float
+    max_body_bytes: int
     replicas: int = 1  # router replicas sharing each credential's rate limit
     buckets: TokenBuckets = field(default_factory=TokenBuckets)
+
+    @classmethod
+    def of(cls, auth: Authenticator, settings: RouterSettings) -> "Gate":
+        return cls(auth, settings.auth.enabled, settings.auth.requests_per_minute, settings.max_body_bytes)
+
+    def configure(self, settings: RouterSettings) -> None:
+        self.auth_enabled = settings.auth.enabled
+        self.requests_per_minute = settings.auth.requests_per_minute
+        self.max_body_bytes = settings.max_body_bytes
 
     def per_minute(self, principal: Principal) -> float:
         return principal.requests_per_minute or self.requests_per_minute
