@@ -112,6 +112,15 @@ class LocalCluster:
         self.wait_for_nodes(1 + self.workers)
         return self
 
+    def replace_node(self, ip: str) -> None:
+        """A fresh worker node on the address of one that was lost (its own new temp directory)."""
+        self._start_node(ip, self.root / f"worker-{ip}-{time.monotonic_ns()}", head=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and ip not in self.alive_nodes():
+            time.sleep(0.5)
+        if ip not in self.alive_nodes():
+            raise TimeoutError(f"no node came back on {ip}")
+
     def alive_nodes(self) -> list[str]:
         nodes = requests.get(f"{self.dashboard_url}/nodes?view=summary", timeout=10).json()
         summary = nodes.get("data", {}).get("summary", [])

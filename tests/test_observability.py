@@ -133,9 +133,15 @@ def test_every_dashboard_query_is_valid_promql_over_scraped_metrics(serve_app, p
 
 
 def test_metrics_endpoint_on_the_api_port(serve_app):
-    response = requests.get(f"{SERVE_URL}/metrics", timeout=30)
+    wanted = ("ray_predictions_total{", "ray_serve_deployment_replica_healthy")
+    deadline, response = time.monotonic() + 30, None  # a router started just now exports within seconds
+    while time.monotonic() < deadline:
+        response = requests.get(f"{SERVE_URL}/metrics", timeout=30)
+        if response.status_code == 200 and all(name in response.text for name in wanted):
+            break
+        time.sleep(0.5)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    assert "ray_predictions_total{" in response.text and "ray_serve_deployment_replica_healthy" in response.text
+    assert all(name in response.text for name in wanted), [name for name in wanted if name not in response.text]
 
 
 def test_ray_dashboard_shows_the_application_running_and_healthy(serve_app):

@@ -178,7 +178,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("body, content_type", [(b, c) for _, b, c in HOSTILE], ids=[n for n, *_ in HOSTILE])
 def test_hostile_inputs_get_4xx(serve_app, body, content_type):
-    headers = {"Content-Type": content_type} if content_type else {}
+    headers = {**KEYED, **({"Content-Type": content_type} if content_type else {})}  # valid whether auth is on
     response = requests.post(f"{SERVE_URL}/api/v1/predict", data=body, headers=headers, timeout=60)
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:200])
     assert response.json()["error"]
@@ -187,5 +187,5 @@ def test_hostile_inputs_get_4xx(serve_app, body, content_type):
 
 def test_a_thousand_row_batch_is_served(serve_app):
     response = requests.post(f"{SERVE_URL}/api/v1/predict/batch", json={"instances": [_row()] * 1000,
-                                                                         "model": "xgboost"}, timeout=60)
+                                                                         "model": "xgboost"}, headers=KEYED, timeout=60)
     assert response.status_code == 200 and len(response.json()["predictions"]) == 1000
