@@ -114,7 +114,8 @@ class LocalCluster:
 
     def replace_node(self, ip: str) -> None:
         """A fresh worker node on the address of one that was lost (its own new temp directory)."""
-        self._start_node(ip, self.root / f"worker-{ip}-{time.monotonic_ns()}", head=False)
+        # A short directory name: Ray's socket paths under it must stay within 107 bytes.
+        self._start_node(ip, self.root / f"node{len(self.nodes)}", head=False)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and ip not in self.alive_nodes():
             time.sleep(0.5)
