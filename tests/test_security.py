@@ -138,13 +138,16 @@ def test_rate_limit_per_credential_then_recovery(secured):
 
 
 def test_overload_is_a_fast_503_then_service_recovers(serve_app):
-    """xgboost squeezed to one request at a time and one queued: a burst gets 503 + Retry-After
-    from the router (Serve's back-pressure), never a 500 or a timeout; then everything is served."""
+    """xgboost squeezed to one request at a time and one queued, the router sending up to 8 calls
+    of one row at once: a burst gets 503 + Retry-After from the router (Serve's back-pressure),
+    never a 500 or a timeout; then everything is served."""
     squeezed = copy.deepcopy(serve_app.config)
     for deployment in squeezed["applications"][0]["deployments"]:
         if deployment["name"] == "xgboost":
             deployment.update(max_ongoing_requests=1, max_queued_requests=1)
             deployment["user_config"]["batch_wait_timeout_s"] = 0.05
+        if deployment["name"] == "Router":  # more calls than the model holds, whatever the timing
+            deployment["user_config"]["batching"] = {"calls_in_flight": 8, "max_rows": 1}
     serve_app.deploy(squeezed)
     serve_app.wait_running()
     try:

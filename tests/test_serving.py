@@ -260,8 +260,11 @@ def test_requests_reach_the_router_through_haproxy(serve_app):
     import io
 
     def router_answers() -> int:
-        text = requests.get("http://127.0.0.1:8404/stats;csv", timeout=10).text.lstrip("# ")
-        rows = [r for r in csv.DictReader(io.StringIO(text)) if "Router" in r["svname"]]
+        deadline, rows, text = time.monotonic() + 30, [], ""
+        while not rows and time.monotonic() < deadline:  # HAProxy reloads its servers when replicas change
+            text = requests.get("http://127.0.0.1:8404/stats;csv", timeout=10).text.lstrip("# ")
+            rows = [r for r in csv.DictReader(io.StringIO(text)) if "Router" in r["svname"]]
+            time.sleep(0.0 if rows else 0.5)
         assert rows, text[:500]
         return sum(int(r["hrsp_2xx"] or 0) for r in rows)
 
