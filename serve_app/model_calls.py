@@ -79,7 +79,8 @@ class ModelCalls:
         breaker = self.breaker(deployment, version)
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(self.call(deployment, version, rows, request_ids), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no extra task per call, unlike wait_for
+                    result = await self.call(deployment, version, rows, request_ids)
             except ServingError:  # the request's own problem, or load shed: says nothing of the model
                 breaker.release_probe()
                 raise

@@ -120,7 +120,7 @@ def _sharing_rate_limits() -> int:
 
 
 def test_rate_limit_per_credential_then_recovery(secured):
-    _until(lambda: _sharing_rate_limits() == 1)  # one router: it enforces the whole limit
+    _until(lambda: _sharing_rate_limits() == 1, timeout=70)  # one router: it enforces the whole limit
     headers = {"X-API-Key": LIMITED_KEY}
     statuses, retry_after = [], None
     for _ in range(LIMITED_RPM + 10):
