@@ -95,6 +95,20 @@ def http_call(session_local: threading.local, method: str, url: str, body=None, 
     return call
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far (0 for one that is gone)."""
+    import psutil
+
+    seconds = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            seconds[name] = times.user + times.system
+        except psutil.Error:
+            seconds[name] = 0.0
+    return seconds
+
+
 def memory_mb(pid: int) -> dict:
     """Unique and proportional set sizes (what the process alone holds, and its fair share of
     shared pages), not RSS, which counts shared libraries once per process."""

@@ -9,8 +9,8 @@ baseline and MLServer, for the same artifacts, on 127.0.0.1.
 One lever per run: --set changes serve_config.yaml, --ingress and --ray-env the environment of
 `ray start`; --out elsewhere keeps bench/results for the run of record.
 
-Prints p50/p95/p99 and throughput per route at concurrency 1 and 16, memory per replica (USS and
-PSS), the targets as ratios, and a comparison with the previous run; writes benchmark.json (kept
+Prints p50/p95/p99 and throughput per route at concurrency 1 and 16, each replica's CPU time per
+request at 16, memory per replica (USS and PSS), the targets as ratios, and a comparison with the previous run; writes benchmark.json (kept
 for the next comparison), benchmark.md and benchmark.png under --out."""
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, SERVE_URL, LocalCluster, closed_loop, ensure_registry, http_call,  # noqa: E402
-                          memory_mb, progress)
+from bench.common import (ROOT, SERVE_URL, LocalCluster, closed_loop, cpu_seconds, ensure_registry,  # noqa: E402
+                          http_call, memory_mb, progress)
 from runtimes import MODEL_NAMES, load  # noqa: E402
 from serve_app.auth import hash_key  # noqa: E402
 from serve_app.config import read_serve_config  # noqa: E402
 
 SERVERS = ("floor", "kepler", "one_deployment", "mlserver")
+WARMUP = 30  # requests sent before each measured closed loop
 SEED_MEMORY_MB = {"keras_cnn": 800, "xgboost": 300, "random_forest": 500}
 
 
@@ -108,7 +109,11 @@ def measure_floor(registry, versions: dict[str, str], row: list[float], count: i
     return floor
 
 
-def measure_kepler(key: str, row: list[float], count: int, only_routes: set[str] | None = None) -> dict:
+def measure_kepler(key: str, row: list[float], count: int, only_routes: set[str] | None = None,
+                   pids: dict[str, int] | None = None) -> dict:
+    """Latency and throughput per route and concurrency; with `pids` (replica -> pid), each
+    replica's CPU milliseconds per request at concurrency 16 as well: a figure that moves far
+    less than req/s when the machine's speed does, and says which process a change made cheaper."""
     headers = {"X-API-Key": key}
     predict, batch = f"{SERVE_URL}/api/v1/predict", f"{SERVE_URL}/api/v1/predict/batch"
     v2_body = {"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP32", "data": row}]}
@@ -122,17 +127,25 @@ def measure_kepler(key: str, row: list[float], count: int, only_routes: set[str]
         concurrencies = levels(count) + ([(4, count)] if route.startswith("batch") else [])
         for concurrency, n in concurrencies:
             progress(f"kepler-serve {route}, concurrency {concurrency}: {n} requests")
-            results[f"{route} c={concurrency}"] = closed_loop(
-                http_call(threading.local(), method, url, body, headers), concurrency, n)
+            before = cpu_seconds(pids or {}) if concurrency == 16 else {}
+            result = closed_loop(http_call(threading.local(), method, url, body, headers), concurrency, n, WARMUP)
+            if before:
+                after = cpu_seconds(pids)
+                served = result["requests"] + WARMUP  # the warm-up requests ran inside the window too
+                result["cpu_ms_per_request"] = {name: round((after[name] - before[name]) * 1000 / served, 3)
+                                                for name in pids if after[name] > before[name]}
+            results[f"{route} c={concurrency}"] = result
     return results
 
 
+def replica_pids(node) -> dict[str, int]:
+    return {f"{name}#{i}": replica["pid"]
+            for name, deployment in node.serve_status()["applications"]["kepler"]["deployments"].items()
+            for i, replica in enumerate(r for r in deployment["replicas"] if r["state"] == "RUNNING")}
+
+
 def replica_memory(node) -> dict:
-    memory = {}
-    for name, deployment in node.serve_status()["applications"]["kepler"]["deployments"].items():
-        for i, replica in enumerate(r for r in deployment["replicas"] if r["state"] == "RUNNING"):
-            memory[f"{name}#{i}"] = memory_mb(replica["pid"])
-    return memory
+    return {name: memory_mb(pid) for name, pid in replica_pids(node).items()}
 
 
 def measure_baseline(row: list[float], count: int) -> dict:
@@ -209,6 +222,11 @@ def markdown(results: dict, previous: dict | None) -> str:
             delta = f"{(row['rps'] - before) / before:+.0%}" if before and row.get("rps") else ""
             lines.append(f"| {server} | {route} | {level} | {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | "
                          f"{row['rps']} | {row['failed']} | {delta} |")
+    cpu = {key: row["cpu_ms_per_request"] for key, row in results.get("kepler", {}).items() if row.get("cpu_ms_per_request")}
+    if cpu:
+        replicas = sorted({name for per in cpu.values() for name in per})
+        lines += ["", "| CPU ms per request (c=16) | " + " | ".join(replicas) + " |", "|---" * (len(replicas) + 1) + "|"]
+        lines += [f"| {key} | " + " | ".join(str(per.get(name, "")) for name in replicas) + " |" for key, per in cpu.items()]
     lines += ["", "| memory | USS MB | PSS MB |", "|---|---|---|"]
     lines += [f"| {name} | {m['uss_mb']} | {m['pss_mb']} |" for name, m in
               {**results.get("memory", {}), **results.get("mlserver_memory", {})}.items()]
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             if "kepler" in only:
                 node.deploy(kepler_config(key, args.overrides))
                 node.wait_running()
-                results["kepler"] = measure_kepler(key, row, args.requests, routes)
+                results["kepler"] = measure_kepler(key, row, args.requests, routes, replica_pids(node))
                 results["memory"] = replica_memory(node)
             if "one_deployment" in only:
                 node.deploy(baseline_config())
