@@ -189,14 +189,16 @@ class LocalCluster:
         """SIGKILL the raylet of one node: the node is lost with everything on it."""
         subprocess.run(["pkill", "-KILL", "-f", f"raylet.*--node_ip_address={ip}( |$)"], check=False)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 60) -> None:
+        """SIGTERM to every node's `ray start`, SIGKILL to what is left after `grace_s` (a
+        throwaway test cluster has nothing worth a graceful shutdown)."""
         for node in reversed(self.nodes):  # workers first, the head last
             try:
                 os.killpg(node["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 continue
         for node in self.nodes:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and _alive(node["pid"]):
                 time.sleep(0.2)
             if _alive(node["pid"]):

@@ -229,7 +229,7 @@ def serve_app(trained_registry, publisher_keys, jwt_issuer, tmp_path_factory):
         RUNNING["serve_app"] = node
         yield node
     finally:
-        node.stop()
+        node.stop(grace_s=5)
         # Nothing the node started outlives it (HAProxy would keep port 8000 from the next cluster).
         from .ray_cluster import local_cluster
 

@@ -62,7 +62,7 @@ def s3_copy_of(trained_registry, moto_server, endpoint_url: str, tmp_path, signi
 @pytest.fixture(scope="module")
 def cluster(trained_registry, publisher_keys, moto_server, tmp_path_factory):
     if "serve_app" in RUNNING:
-        RUNNING.pop("serve_app").stop()
+        RUNNING.pop("serve_app").stop(grace_s=5)
     proxy = TcpProxy(moto_server.port, free_port()).start()  # the S3 endpoint the cluster sees
     endpoint = f"http://127.0.0.1:{proxy.port}"
     s3, uri = s3_copy_of(trained_registry, moto_server, endpoint, tmp_path_factory.mktemp("s3"),
@@ -76,7 +76,7 @@ def cluster(trained_registry, publisher_keys, moto_server, tmp_path_factory):
         nodes.config, nodes.s3, nodes.proxy = config, s3, proxy
         yield nodes
     finally:
-        nodes.stop()
+        nodes.stop(grace_s=5)
         proxy.stop()
 
 
