@@ -46,6 +46,7 @@ class Versions:
         self._defaults: dict[str, tuple[str, float]] = {}
         self._refreshing: dict[str, asyncio.Task] = {}
         self._metadata: dict[tuple[str, str], dict] = {}
+        self._unreadable: dict[tuple[str, str], float] = {}  # metadata read failed at (clock)
 
     @property
     def ttl_s(self) -> float:
@@ -79,9 +80,19 @@ class Versions:
         return ref
 
     async def metadata(self, model: str, version: str) -> dict:
+        """A version's metadata, read once. A failed read is not retried for `ttl_s`: while the
+        registry is unreachable, requests for a version never read must not each wait on it."""
         key = (model, version)
         if key not in self._metadata:
-            metadata = await registry_call(lambda: self.registry.metadata(model, version))
+            failed_at = self._unreadable.get(key)
+            if failed_at is not None and self.clock() - failed_at < self.ttl_s:
+                raise ModelUnavailable(f"registry unavailable: metadata of {model} {version} unreadable")
+            try:
+                metadata = await registry_call(lambda: self.registry.metadata(model, version))
+            except ModelUnavailable:
+                self._unreadable[key] = self.clock()
+                raise
+            self._unreadable.pop(key, None)
             self._metadata[key] = metadata.model_dump()
         return self._metadata[key]
 

@@ -33,6 +33,7 @@ class FakeRegistry:
         self.aliases = {(m, "stable"): "1.0.0" for m in MODELS} | {(m, "latest"): "1.1.0" for m in MODELS}
         self.down = False
         self.reads = 0
+        self.metadata_reads = 0
 
     def resolve(self, model: str, ref: str) -> str:
         from registry import NotFound, RegistryError
@@ -47,6 +48,7 @@ class FakeRegistry:
     def metadata(self, model: str, version: str) -> Metadata:
         from registry import RegistryError
 
+        self.metadata_reads += 1
         if self.down:
             raise RegistryError("registry unreachable")
         return Metadata(performance={"roc_auc": AUC[model]}, input_schema={"features": 36})
@@ -151,6 +153,22 @@ def test_alias_resolution_keeps_the_last_answer_while_the_registry_is_down():
     assert run(dispatcher.predict("xgboost", "latest", ROWS, CTX)).version == "1.1.0"
     with pytest.raises(ModelUnavailable, match="cannot resolve"):
         run(dispatcher.predict("random_forest", "latest", ROWS, CTX))  # never resolved: nothing to fall back on
+
+
+def test_a_version_whose_metadata_cannot_be_read_is_served_and_not_read_again_for_a_while():
+    clock = Clock()
+    dispatcher, registry, models, _ = make(clock=clock)
+    registry.down = True
+    for _ in range(3):  # the replica checks the rows instead; the registry is asked once
+        assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
+    assert registry.metadata_reads == 1 and len(models.calls) == 3
+    registry.down = False
+    clock.now += 60  # past alias_cache_s: read again, and kept for good
+    for _ in range(2):
+        assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
+    assert registry.metadata_reads == 2
+    with pytest.raises(BadRequest, match="takes 36 features"):
+        run(dispatcher.predict("xgboost", "1.1.0", np.zeros((1, 35), dtype=np.float32), CTX))
 
 
 def test_the_replicas_default_is_used_and_the_configuration_when_they_cannot_say():
