@@ -90,6 +90,8 @@ class Versions:
             try:
                 metadata = await registry_call(lambda: self.registry.metadata(model, version))
             except ModelUnavailable:
+                if len(self._unreadable) >= 64:  # clients may name any version: keep the newest only
+                    del self._unreadable[next(iter(self._unreadable))]
                 self._unreadable[key] = self.clock()
                 raise
             self._unreadable.pop(key, None)

@@ -162,11 +162,14 @@ def test_a_version_whose_metadata_cannot_be_read_is_served_and_not_read_again_fo
     for _ in range(3):  # the replica checks the rows instead; the registry is asked once
         assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
     assert registry.metadata_reads == 1 and len(models.calls) == 3
+    for patch in range(100):  # versions a client made up: the failures remembered stay bounded
+        run(dispatcher.predict("xgboost", f"1.1.{patch + 1}", ROWS, CTX))
+    assert len(dispatcher.versions._unreadable) == 64
     registry.down = False
     clock.now += 60  # past alias_cache_s: read again, and kept for good
     for _ in range(2):
         assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
-    assert registry.metadata_reads == 2
+    assert registry.metadata_reads == 102  # 1 + the 100 made-up versions + this one, once
     with pytest.raises(BadRequest, match="takes 36 features"):
         run(dispatcher.predict("xgboost", "1.1.0", np.zeros((1, 35), dtype=np.float32), CTX))
 
