@@ -1,5 +1,5 @@
-"""metadata.json: the seed's schema, typed. The registry checks it on publish and serves it to
-readers; it never interprets the model itself."""
+"""metadata.json of models and datasets, typed. The registry checks it on publish and serves it to
+readers; it never interprets the model or the data themselves."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,3 +51,25 @@ class ModelMetadata(_Open):
     evaluations: dict[str, dict] = Field(default_factory=dict)
     input_schema: InputSchema
     output_schema: OutputSchema
+
+
+class DatasetFile(_Open):
+    rows: int
+    columns: list[str]
+
+
+class DatasetSource(_Open):
+    file: str
+    sha256: str
+    note: str = ""
+
+
+class DatasetMetadata(_Open):
+    """A dataset version's metadata.json: what each file holds and what it was built from."""
+
+    name: str
+    version: str
+    created_at: str
+    description: str = ""
+    files: dict[str, DatasetFile]
+    sources: list[DatasetSource] = Field(default_factory=list)

@@ -1,6 +1,7 @@
 """The model registry: versioned, checksummed artifacts and movable aliases over an object store.
 
-Layout (identical on a local directory and on S3):
+Layout (identical on a local directory and on S3; datasets use the same layout under `datasets/`,
+see datasets.py):
 
     models/<name>/v<semver>/<model file>, metadata.json, preprocessing.json, ...
     models/<name>/v<semver>/checksum.sha256   written last: a version without it does not exist
@@ -14,24 +15,33 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from . import checksums, signing
-from .errors import (AliasConflict, IntegrityError, InvalidName, NotFound, RegistryError, RegistryUnavailable,
-                     VersionExists)
+from .errors import AliasConflict, InvalidName, NotFound, RegistryError, RegistryUnavailable, VersionExists
 from .metadata import ModelMetadata
+from .pulling import CachedCopies, verify_directory
 from .stores import ObjectStore, PreconditionFailed
 from .versions import check_alias, check_model_name, check_version, is_version, version_key
+
+if TYPE_CHECKING:
+    from .datasets import DatasetRegistry
 
 METADATA = "metadata.json"
 CLAIM = ".claim"
 ARCHIVED = "ARCHIVED"
 _NOT_ARTIFACTS = {checksums.MANIFEST, CLAIM, ARCHIVED, signing.SIGNATURE}
+
+__all__ = ["ArtifactRegistry", "ModelRegistry", "VersionInfo", "Alias", "ModelSummary", "verify_directory"]
+
+
+M = TypeVar("M", bound=BaseModel)  # a kind's metadata.json type
 
 
 def _now() -> str:
@@ -43,7 +53,7 @@ class VersionInfo:
     name: str
     version: str
     archived: bool
-    metadata: ModelMetadata
+    metadata: BaseModel
 
 
 @dataclass
@@ -61,34 +71,63 @@ class ModelSummary:
     archived: list[str] = field(default_factory=list)
 
 
-class ModelRegistry:
+class ArtifactRegistry(CachedCopies, Generic[M]):
+    """Versions and aliases of one kind of artifact, under one top-level namespace of the store.
+
+    Subclasses name the namespace and the metadata type and say what a version must contain; every
+    guarantee (create-only claim, manifest last, signatures, aliases, verified pulls) is shared.
+    """
+
+    NAMESPACE: ClassVar[str]  # the store's top-level folder: "models", "datasets"
+    KIND: ClassVar[str]  # for messages: "model", "dataset"
+    METADATA_TYPE: ClassVar[type[BaseModel]]  # M itself
+    CACHE_SUBDIR: ClassVar[str] = ""  # below the store's cache folder; kept apart from model names
+
     def __init__(self, store: ObjectStore, cache_dir: Path | str, signing_key=None, verify_key=None):
         """`signing_key` (Ed25519 private key) signs what this registry publishes; with
         `verify_key` (the public key) every read refuses unsigned or wrongly signed versions."""
         self.store = store
         self.signing_key = signing_key
         self.verify_key = verify_key
+        self.cache_root = Path(cache_dir).expanduser()
         # One cache subtree per store, so two registries never share a cached version.
-        self.cache_dir = Path(cache_dir).expanduser() / hashlib.sha256(store.description.encode()).hexdigest()[:12]
+        store_hash = hashlib.sha256(store.description.encode()).hexdigest()[:12]
+        self.cache_dir = self.cache_root / store_hash / self.CACHE_SUBDIR
+
+    # ---- what a version must hold (per kind) --------------------------------------------------
+    @staticmethod
+    def _describes(metadata: M) -> tuple[str, str]:
+        """The (name, version) a metadata document claims to be."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _needs(metadata: M) -> list[str]:
+        """The files a metadata document says the version contains."""
+        raise NotImplementedError
 
     # ---- keys -----------------------------------------------------------------------------
-    @staticmethod
-    def _version_prefix(name: str, version: str) -> str:
-        return f"models/{check_model_name(name)}/v{check_version(version)}"
+    def _name(self, name: str) -> str:
+        try:
+            return check_model_name(name)
+        except InvalidName:
+            message = f"invalid {self.KIND} name {name!r}: expected lowercase letters, digits and '_'"
+            raise InvalidName(message) from None
 
-    @staticmethod
-    def _alias_key(name: str, alias: str) -> str:
-        return f"models/{check_model_name(name)}/{check_alias(alias)}"
+    def _version_prefix(self, name: str, version: str) -> str:
+        return f"{self.NAMESPACE}/{self._name(name)}/v{check_version(version)}"
+
+    def _alias_key(self, name: str, alias: str) -> str:
+        return f"{self.NAMESPACE}/{self._name(name)}/{check_alias(alias)}"
 
     # ---- reading --------------------------------------------------------------------------
-    def models(self) -> list[str]:
-        names = {key.split("/")[1] for key in self.store.list("models") if key.count("/") >= 2}
+    def names(self) -> list[str]:
+        names = {key.split("/")[1] for key in self.store.list(self.NAMESPACE) if key.count("/") >= 2}
         return sorted(names)
 
     def versions(self, name: str, include_archived: bool = False) -> list[str]:
         """Published versions, oldest first. A version is published once its manifest exists."""
         found, archived = set(), set()
-        for key in self.store.list(f"models/{check_model_name(name)}"):
+        for key in self.store.list(f"{self.NAMESPACE}/{self._name(name)}"):
             parts = key.split("/")
             if len(parts) == 4 and parts[2].startswith("v") and is_version(parts[2][1:]):
                 if parts[3] == checksums.MANIFEST:
@@ -110,7 +149,7 @@ class ModelRegistry:
         if not self.exists(name, version):
             known = self.versions(name, include_archived=True)
             if not known:
-                raise NotFound(f"model {name!r} not found in {self.store.description}")
+                raise NotFound(f"{self.KIND} {name!r} not found in {self.store.description}")
             raise NotFound(f"version {version} of {name!r} not found (known: {', '.join(known)})")
         return version
 
@@ -129,28 +168,28 @@ class ModelRegistry:
         except NotFound:
             return None
 
-    def metadata(self, name: str, version: str) -> ModelMetadata:
+    def metadata(self, name: str, version: str) -> M:
         """The version's metadata, verified against its manifest (from the cache if the store is down)."""
         try:
             return self._stored_metadata(name, version)
         except RegistryUnavailable:
             directory = self._cached_copy(name, check_version(version))
-            return ModelMetadata.model_validate_json((directory / METADATA).read_bytes())
+            return self.METADATA_TYPE.model_validate_json((directory / METADATA).read_bytes())
 
-    def _stored_metadata(self, name: str, version: str) -> ModelMetadata:
+    def _stored_metadata(self, name: str, version: str) -> M:
         version = self._require_version(name, version)
         prefix = self._version_prefix(name, version)
         manifest = self.manifest(name, version)
         data = self.store.get(f"{prefix}/{METADATA}")
         checksums.verify(METADATA, data, manifest[METADATA], prefix)
-        return ModelMetadata.model_validate_json(data)
+        return self.METADATA_TYPE.model_validate_json(data)
 
     def info(self, name: str, version: str) -> VersionInfo:
         return VersionInfo(name, check_version(version), self.is_archived(name, version), self.metadata(name, version))
 
     def aliases(self, name: str) -> dict[str, str]:
         result = {}
-        for key in self.store.list(f"models/{check_model_name(name)}"):
+        for key in self.store.list(f"{self.NAMESPACE}/{self._name(name)}"):
             parts = key.split("/")
             if len(parts) == 3:
                 try:
@@ -168,7 +207,7 @@ class ModelRegistry:
         try:
             data, etag = self.store.get_with_etag(self._alias_key(name, alias))
         except NotFound:
-            raise NotFound(f"alias {alias!r} of model {name!r} is not set") from None
+            raise NotFound(f"alias {alias!r} of {self.KIND} {name!r} is not set") from None
         body = json.loads(data)
         return Alias(check_version(body["version"]), etag, body.get("updated_at", ""))
 
@@ -190,28 +229,9 @@ class ModelRegistry:
         self._remember_alias(name, ref, version)
         return version
 
-    def _aliases_file(self, name: str) -> Path:
-        return self.cache_dir / check_model_name(name) / "aliases.json"
-
-    def _known_aliases(self, name: str) -> dict[str, str]:
-        try:
-            return json.loads(self._aliases_file(name).read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _remember_alias(self, name: str, alias: str, version: str) -> None:
-        known = self._known_aliases(name)
-        if known.get(alias) == version:
-            return
-        path = self._aliases_file(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".aliases-{uuid.uuid4().hex}.json")
-        tmp.write_text(json.dumps({**known, alias: version}))
-        os.replace(tmp, path)
-
     # ---- writing --------------------------------------------------------------------------
-    def publish(self, name: str, version: str, source: Path | str, signature: bytes | None = None) -> ModelMetadata:
-        """Publish the files of `source` as name/version.
+    def publish(self, name: str, version: str, source: Path | str, signature: bytes | None = None) -> M:
+        """Publish the files of `source` as name/version; returns its metadata.
 
         The claim is a create-only write decided by the store, so of two publishers of one
         version exactly one proceeds and the other is refused before it writes anything. The
@@ -239,20 +259,20 @@ class ModelRegistry:
         self.store.put(f"{prefix}/{checksums.MANIFEST}", manifest)
         return metadata
 
-    @staticmethod
-    def _check_publishable(name: str, version: str, files: dict[str, bytes]) -> ModelMetadata:
+    def _check_publishable(self, name: str, version: str, files: dict[str, bytes]) -> M:
+        refused = f"cannot publish {name} {version}"
         if METADATA not in files:
-            raise RegistryError(f"cannot publish {name} {version}: {METADATA} is missing")
+            raise RegistryError(f"{refused}: {METADATA} is missing")
         try:
-            metadata = ModelMetadata.model_validate_json(files[METADATA])
+            metadata = self.METADATA_TYPE.model_validate_json(files[METADATA])
         except ValueError as e:
-            raise RegistryError(f"cannot publish {name} {version}: invalid {METADATA}: {e}") from None
-        if metadata.model_name != name or check_version(metadata.version) != version:
-            raise RegistryError(f"cannot publish {name} {version}: {METADATA} describes "
-                                f"{metadata.model_name} {metadata.version}")
-        for needed in filter(None, (metadata.model_file, metadata.preprocessing_file)):
+            raise RegistryError(f"{refused}: invalid {METADATA}: {e}") from None
+        described_name, described_version = self._describes(metadata)
+        if described_name != name or check_version(described_version) != version:
+            raise RegistryError(f"{refused}: {METADATA} describes {described_name} {described_version}")
+        for needed in self._needs(metadata):
             if needed not in files:
-                raise RegistryError(f"cannot publish {name} {version}: {needed} is missing")
+                raise RegistryError(f"{refused}: {needed} is missing")
         return metadata
 
     def set_alias(self, name: str, alias: str, version: str, expected_etag: str | None = None,
@@ -294,6 +314,30 @@ class ModelRegistry:
                                 "move the alias first")
         self.store.put(f"{self._version_prefix(name, version)}/{ARCHIVED}", _now().encode())
 
+
+class ModelRegistry(ArtifactRegistry[ModelMetadata]):
+    """Models under `models/`, the JSON documents beside them, and the datasets under `datasets/`."""
+
+    NAMESPACE, KIND, METADATA_TYPE = "models", "model", ModelMetadata
+
+    @staticmethod
+    def _describes(metadata: ModelMetadata) -> tuple[str, str]:
+        return metadata.model_name, metadata.version
+
+    @staticmethod
+    def _needs(metadata: ModelMetadata) -> list[str]:
+        return [f for f in (metadata.model_file, metadata.preprocessing_file) if f]
+
+    def models(self) -> list[str]:
+        return self.names()
+
+    @property
+    def datasets(self) -> DatasetRegistry:
+        """The datasets in the same store, with the same keys and the same cache root."""
+        from .datasets import DatasetRegistry  # datasets.py builds on this module
+
+        return DatasetRegistry(self.store, self.cache_root, self.signing_key, self.verify_key)
+
     # ---- documents: small JSON state written with compare-and-swap ----------------------------
     @staticmethod
     def _document_key(kind: str, name: str) -> str:
@@ -319,87 +363,3 @@ class ModelRegistry:
         except PreconditionFailed:
             raise AliasConflict(f"{kind}/{name} was written by someone else; read it again") from None
         return self.store.get_with_etag(key)[1]
-
-    # ---- pulling --------------------------------------------------------------------------
-    def pull(self, name: str, version: str) -> Path:
-        """A verified local copy of name/version in the cache, safe under concurrent pulls.
-
-        Files are downloaded into a private temporary directory, verified against the manifest
-        and only then renamed into place, so the cache never holds a corrupt or partial version.
-        """
-        version = check_version(version)
-        final = self.cache_dir / name / version
-        try:
-            manifest = self.manifest(name, version)
-        except RegistryUnavailable:
-            return self._cached_copy(name, version)  # the store is down: a verified cached copy will do
-        if final.is_dir():
-            if _matches(final, manifest):
-                return final
-            shutil.rmtree(final, ignore_errors=True)  # tampered or stale: fetch afresh
-        prefix = self._version_prefix(name, version)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}-"))
-        try:
-            for file_name, expected in manifest.items():
-                data = self.store.get(f"{prefix}/{file_name}")
-                checksums.verify(file_name, data, expected, prefix)
-                (tmp / file_name).write_bytes(data)
-            (tmp / checksums.MANIFEST).write_bytes(checksums.render_from(manifest))
-            signature = self.signature(name, version) if self.verify_key is not None else None
-            if signature is not None:
-                (tmp / signing.SIGNATURE).write_bytes(signature)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not _matches(final, manifest):  # lost a race to a bad copy: should not happen
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
-
-    def _cached_copy(self, name: str, version: str) -> Path:
-        """The cached copy of a version, verified against its own cached manifest (and signature,
-        when a verification key is set), for when the store cannot be reached."""
-        final = self.cache_dir / name / version
-        if not (final / checksums.MANIFEST).is_file():
-            raise RegistryUnavailable(f"{name} {version} is not in the local cache and the registry "
-                                      f"({self.store.description}) cannot be reached")
-        manifest_bytes = (final / checksums.MANIFEST).read_bytes()
-        if self.verify_key is not None:
-            signature_path = final / signing.SIGNATURE
-            signature = signature_path.read_bytes() if signature_path.is_file() else None
-            signing.verify(manifest_bytes, signature, self.verify_key, f"cached {name} {version}")
-        verify_directory(final)
-        return final
-
-    def read_file(self, name: str, version: str, file_name: str) -> bytes:
-        """One verified file of a version, straight from the store."""
-        manifest = self.manifest(name, version)
-        if file_name not in manifest:
-            raise NotFound(f"{file_name} is not part of {name} {version}")
-        prefix = self._version_prefix(name, version)
-        data = self.store.get(f"{prefix}/{file_name}")
-        checksums.verify(file_name, data, manifest[file_name], prefix)
-        return data
-
-
-def _matches(directory: Path, manifest: dict[str, str]) -> bool:
-    for file_name, expected in manifest.items():
-        try:
-            if checksums.sha256((directory / file_name).read_bytes()) != expected:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def verify_directory(directory: Path) -> dict[str, str]:
-    """Check a pulled or local version directory against its own manifest."""
-    manifest = checksums.parse((directory / checksums.MANIFEST).read_bytes(), str(directory))
-    for file_name, expected in manifest.items():
-        path = directory / file_name
-        if not path.is_file():
-            raise IntegrityError(f"{directory}/{file_name} is listed in the manifest but missing")
-        checksums.verify(file_name, path.read_bytes(), expected, str(directory))
-    return manifest
