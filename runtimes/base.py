@@ -23,8 +23,9 @@ class Runtime(Protocol):
     model_file: ClassVar[str]
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
-            seed: int, fast: bool, progress: Progress) -> dict: ...
-    """Train; returns the hyper-parameters and training facts worth recording."""
+            seed: int, fast: bool, progress: Progress, features: tuple[str, ...]) -> dict: ...
+    """Train on columns `features` (a schema.FEATURE_SETS value); returns the hyper-parameters and
+    training facts worth recording."""
 
     def save(self, directory: Path) -> list[Path]: ...
 
@@ -32,7 +33,7 @@ class Runtime(Protocol):
     def load(cls, directory: Path, threads: int | None = None) -> "Runtime": ...
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
-    """Raw features [n, 36] (NaN = missing) -> probabilities [n, 3] in LABELS order."""
+    """Raw features [n, len(features)] (NaN = missing) -> probabilities [n, 3] in LABELS order."""
 
     @staticmethod
     def framework_version() -> str: ...
@@ -48,6 +49,10 @@ class FrameworkRuntime:
     def __init__(self, model=None, preprocessor: Preprocessor | None = None):
         self.model = model
         self.preprocessor = preprocessor or Preprocessor()
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.preprocessor.features)
 
     def save(self, directory: Path) -> list[Path]:
         path = Path(directory) / self.model_file

@@ -6,6 +6,13 @@ convolutions share weights across parameters and learn how a value relates to it
 a dense head then sees the whole grid. The model's input is the preprocessed [None, 36] row:
 the regrouping into the [16, 3] grid happens inside the model (ParameterGrid), so serving can
 compile one function with a fixed [None, 36] signature.
+
+Versions 2.x add 33 diagnostics that have no error columns. They do not join the grid: padding
+them with zero "errors" would make the shared filters read a missing uncertainty as a perfectly
+measured value, and positions in the grid share weights because they share a layout, which the
+diagnostics (magnitudes, centroid offsets, event statistics) do not. They enter a dense branch
+instead, after the same signed log, imputation and standardization, and meet the convolutional
+features in the dense head. Input [None, 69]; the first 36 columns go to the grid.
 """
 from __future__ import annotations
 
@@ -18,22 +25,23 @@ import numpy as np
 
 from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
-from .schema import FEATURE_INDEX, N_CLASSES, N_FEATURES, PARAMETERS
+from .schema import FEATURE_INDEX, FEATURES, N_CLASSES, N_FEATURES, PARAMETERS
 
 EPOCHS = 40
 FAST_EPOCHS = 3
-_PAD = N_FEATURES  # index of the appended zero column
 
 
-def grid_indices() -> list[int]:
-    """For each (parameter, channel) cell, the feature column it reads (or the zero pad)."""
+def grid_indices(n_inputs: int = N_FEATURES) -> list[int]:
+    """For each (parameter, channel) cell, the feature column it reads (or the zero pad, which
+    is appended after the last input column)."""
+    pad = n_inputs
     indices = []
     for parameter, has_errors in PARAMETERS:
         indices.append(FEATURE_INDEX[parameter])
         if has_errors:
             indices += [FEATURE_INDEX[f"{parameter}_err1"], FEATURE_INDEX[f"{parameter}_err2"]]
         else:
-            indices += [_PAD, _PAD]
+            indices += [pad, pad]
     return indices
 
 
@@ -67,19 +75,37 @@ def _layers():
         def get_config(self):
             return {**super().get_config(), "indices": self.indices}
 
-    return ParameterGrid
+    @keras.saving.register_keras_serializable(package="kepler")
+    class Columns(keras.layers.Layer):
+        """[n, k] -> [n, stop - start]: the diagnostics' columns (Lambda layers are refused on load)."""
+
+        def __init__(self, start, stop, **kwargs):
+            super().__init__(**kwargs)
+            self.start, self.stop = int(start), int(stop)
+
+        def call(self, x):
+            return x[:, self.start:self.stop]
+
+        def get_config(self):
+            return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+    return ParameterGrid, Columns
 
 
-def build_model(seed: int):
+def build_model(seed: int, n_inputs: int = N_FEATURES):
     import keras
 
     keras.utils.set_random_seed(seed)
-    grid = _layers()
-    inputs = keras.Input(shape=(N_FEATURES,), name="features")
-    x = grid(grid_indices(), name="parameter_grid")(inputs)
+    grid, columns = _layers()
+    inputs = keras.Input(shape=(n_inputs,), name="features")
+    x = grid(grid_indices(n_inputs), name="parameter_grid")(inputs)
     x = keras.layers.Conv1D(32, 3, padding="same", activation="relu")(x)
     x = keras.layers.Conv1D(64, 3, padding="same", activation="relu")(x)
     x = keras.layers.Flatten()(x)
+    if n_inputs > N_FEATURES:
+        diagnostics = columns(N_FEATURES, n_inputs, name="diagnostics")(inputs)
+        diagnostics = keras.layers.Dense(64, activation="relu")(diagnostics)
+        x = keras.layers.Concatenate()([x, diagnostics])
     x = keras.layers.Dense(128, activation="relu")(x)
     x = keras.layers.Dropout(0.3)(x)
     x = keras.layers.Dense(64, activation="relu")(x)
@@ -106,12 +132,13 @@ class KerasCNNRuntime(FrameworkRuntime):
 
         return f"tensorflow {tf.__version__}, keras {keras.__version__}"
 
-    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress) -> dict:
+    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress,
+            features: tuple[str, ...] = FEATURES, **_) -> dict:
         import keras
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.preprocessor = Preprocessor.fit(X, log_skewed=True, impute=True, standardize=True)
-        model = build_model(seed)
+        self.preprocessor = Preprocessor.fit(X, log_skewed=True, impute=True, standardize=True, features=features)
+        model = build_model(seed, len(features))
         epochs = FAST_EPOCHS if fast else EPOCHS
 
         class EpochProgress(keras.callbacks.Callback):
@@ -148,7 +175,7 @@ class KerasCNNRuntime(FrameworkRuntime):
             # One trace for every batch size: never model.predict per request. The concrete
             # function skips tf.function's per-call signature matching and input conversion.
             self._compiled = tf.function(lambda x: self.model(x, training=False)).get_concrete_function(
-                tf.TensorSpec([None, N_FEATURES], tf.float32))
+                tf.TensorSpec([None, len(self.preprocessor.features)], tf.float32))
         return self._compiled
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .base import FrameworkRuntime, Progress
 from .preprocessing import Preprocessor
-from .schema import N_CLASSES, N_FEATURES
+from .schema import FEATURES, N_CLASSES
 from .sklearn_internals import TreeState, fitted_forest, fitted_tree, tree_state
 from .tree_arrays import PackedForest
 
@@ -37,10 +37,11 @@ class RandomForestRuntime(FrameworkRuntime):
 
         return sklearn.__version__
 
-    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress) -> dict:
+    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress,
+            features: tuple[str, ...] = FEATURES, **_) -> dict:
         from sklearn.ensemble import RandomForestClassifier
 
-        self.preprocessor = Preprocessor.fit(X, log_skewed=False, impute=True, standardize=False)
+        self.preprocessor = Preprocessor.fit(X, log_skewed=False, impute=True, standardize=False, features=features)
         params = {**PARAMS, "n_estimators": 40 if fast else PARAMS["n_estimators"], "random_state": seed}
         X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
         self.model = RandomForestClassifier(**params, n_jobs=2).fit(self.preprocessor.transform(X_all), y_all)
@@ -65,11 +66,12 @@ class RandomForestRuntime(FrameworkRuntime):
     @classmethod
     def load(cls, directory: Path, threads: int | None = None) -> "RandomForestRuntime":
         classes = np.arange(N_CLASSES)
+        preprocessor = Preprocessor.load(directory)
         with np.load(Path(directory) / cls.model_file, allow_pickle=False) as arrays:
             trees = [fitted_tree(TreeState(arrays[f"tree{i}_nodes"], arrays[f"tree{i}_values"],
-                                           int(arrays[f"tree{i}_max_depth"][0])), N_FEATURES, classes)
+                                           int(arrays[f"tree{i}_max_depth"][0])), len(preprocessor.features), classes)
                      for i in range(int(arrays["n_trees"][0]))]
-        runtime = cls(fitted_forest(trees, n_jobs=threads or 1), Preprocessor.load(directory))
+        runtime = cls(fitted_forest(trees, n_jobs=threads or 1), preprocessor)
         runtime.packed  # noqa: B018 - packed now, not on the first request
         return runtime
 

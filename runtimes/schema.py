@@ -36,9 +36,26 @@ def _feature_names() -> tuple[str, ...]:
     return tuple(names)
 
 
-FEATURES: tuple[str, ...] = _feature_names()
+FEATURES: tuple[str, ...] = _feature_names()  # the 36 table features: every 1.x version's schema
 N_FEATURES = len(FEATURES)
 FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
+
+# The 33 vetting diagnostics (data/koi_diagnostics_2022-12-28.csv.gz), in that file's column
+# order: measurements vetting uses, never its decisions (koi_score, koi_fpflag_*, koi_pdisposition
+# and koi_comment are not in the file). Versions 2.x take the table features, then these.
+DIAGNOSTICS: tuple[str, ...] = (
+    "koi_count", "koi_gmag", "koi_rmag", "koi_imag", "koi_zmag", "koi_jmag", "koi_hmag", "koi_kmag",
+    "koi_num_transits", "koi_max_sngle_ev", "koi_max_mult_ev", "koi_bin_oedp_sig",
+    "koi_ldm_coeff4", "koi_ldm_coeff3", "koi_ldm_coeff2", "koi_ldm_coeff1",
+    "koi_sma", "koi_ror", "koi_dor", "koi_incl", "koi_smet", "koi_smass",
+    "koi_fwm_stat_sig", "koi_fwm_sra", "koi_fwm_sdec", "koi_fwm_srao", "koi_fwm_sdeco", "koi_fwm_prao",
+    "koi_fwm_pdeco", "koi_dicco_mra", "koi_dicco_mdec", "koi_dicco_msky", "koi_srho",
+)
+WITH_DIAGNOSTICS: tuple[str, ...] = FEATURES + DIAGNOSTICS
+# Every feature set a version may declare, by name; a version's metadata lists its features.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"table": FEATURES, "table+diagnostics": WITH_DIAGNOSTICS}
+KNOWN_FEATURES: tuple[str, ...] = WITH_DIAGNOSTICS  # every name a request may use
+KNOWN_INDEX = {name: i for i, name in enumerate(KNOWN_FEATURES)}
 DTYPE = "float32"
 
 LABELS: tuple[str, ...] = ("CONFIRMED", "CANDIDATE", "FALSE_POSITIVE")
@@ -46,11 +63,11 @@ N_CLASSES = len(LABELS)
 # The archive writes "FALSE POSITIVE" with a space.
 ARCHIVE_DISPOSITIONS = {"CONFIRMED": 0, "CANDIDATE": 1, "FALSE POSITIVE": 2}
 
-assert N_FEATURES == 36, N_FEATURES
+assert N_FEATURES == 36 and len(DIAGNOSTICS) == 33 and len(set(WITH_DIAGNOSTICS)) == 69
 
 
-def input_schema() -> dict:
-    return {"features": N_FEATURES, "dtype": DTYPE, "feature_names": list(FEATURES)}
+def input_schema(features: tuple[str, ...] = FEATURES) -> dict:
+    return {"features": len(features), "dtype": DTYPE, "feature_names": list(features)}
 
 
 def output_schema() -> dict:

@@ -1,5 +1,6 @@
-"""XGBoost gradient-boosted trees, saved in XGBoost's own JSON format. Missing values stay NaN:
-XGBoost learns a default direction for them at every split."""
+"""XGBoost gradient-boosted trees, saved in XGBoost's own JSON format. Missing table values stay
+NaN: XGBoost learns a default direction for them at every split (missing diagnostics are imputed
+first, see preprocessing.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,20 +30,25 @@ class XGBoostRuntime(FrameworkRuntime):
 
         return xgboost.__version__
 
-    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress) -> dict:
+    def fit(self, X, y, X_val, y_val, *, seed: int, fast: bool, progress: Progress,
+            features: tuple[str, ...] = FEATURES, rounds: int | None = None) -> dict:
+        """`rounds` given (a fold of an already tuned recipe): no early-stopping probe."""
         import xgboost as xgb
 
-        self.preprocessor = Preprocessor.fit(X, log_skewed=False, impute=False, standardize=False)
+        self.preprocessor = prep = Preprocessor.fit(X, log_skewed=False, impute=False, standardize=False,
+                                                    features=features)
         params = {**PARAMS, "seed": seed, "nthread": 2}
-        max_rounds = 60 if fast else 1500
-        # Pick the number of rounds on the validation stars, then refit on all training stars.
-        dval = xgb.DMatrix(X_val, label=y_val, feature_names=list(FEATURES))
-        probe = xgb.train(params, xgb.DMatrix(X, label=y, feature_names=list(FEATURES)), max_rounds,
-                          evals=[(dval, "validation")], early_stopping_rounds=50, verbose_eval=False)
-        rounds = probe.best_iteration + 1
-        progress(f"xgboost: {rounds} rounds chosen on the validation stars")
+        names = list(features)
+        if rounds is None:
+            # Pick the number of rounds on the validation stars, then refit on all training stars.
+            dval = xgb.DMatrix(prep.transform(X_val), label=y_val, feature_names=names)
+            probe = xgb.train(params, xgb.DMatrix(prep.transform(X), label=y, feature_names=names),
+                              60 if fast else 1500, evals=[(dval, "validation")], early_stopping_rounds=50,
+                              verbose_eval=False)
+            rounds = probe.best_iteration + 1
+            progress(f"xgboost: {rounds} rounds chosen on the validation stars")
         X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
-        self.model = xgb.train(params, xgb.DMatrix(X_all, label=y_all, feature_names=list(FEATURES)), rounds)
+        self.model = xgb.train(params, xgb.DMatrix(prep.transform(X_all), label=y_all, feature_names=names), rounds)
         return {"params": params, "num_boost_round": rounds, "epochs": rounds, "training_samples": len(y_all)}
 
     def _save_model(self, path: Path) -> None:

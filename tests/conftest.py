@@ -194,7 +194,8 @@ def jwt_issuer() -> JwtIssuer:
 
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
-    """All three families, versions 1.0.0 and 1.1.0, trained in full on the real data and signed, once."""
+    """All three families, versions 1.0.0 to 2.1.0, the fitted ensembles and the KOI catalogue,
+    trained and published in full from the real data and signed, once."""
     marker_guard.require_marker("trained", "needs the trained registry")
     from registry.signing import SIGNATURE, load_private_key, sign
     from training.train import train_all
@@ -205,10 +206,11 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
     reuse = os.environ.get("KEPLER_TEST_TRAINED_REGISTRY")  # a developer's shortcut; CI always trains
     if reuse:
         shutil.copytree(reuse, root / "registry")
-        for name in registry.models():
-            for version in registry.versions(name):
-                manifest = registry.store.get(f"models/{name}/v{version}/checksum.sha256")
-                registry.store.put(f"models/{name}/v{version}/{SIGNATURE}", sign(manifest, key))
+        for kind, names in (("models", registry.models()), ("datasets", registry.datasets.names())):
+            for name in names:
+                for version in (registry if kind == "models" else registry.datasets).versions(name):
+                    manifest = registry.store.get(f"{kind}/{name}/v{version}/checksum.sha256")
+                    registry.store.put(f"{kind}/{name}/v{version}/{SIGNATURE}", sign(manifest, key))
     else:
         train_all(registry)
     return registry

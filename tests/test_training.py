@@ -1,6 +1,7 @@
 """Training on the real KOI data: the split, the floors, metadata, reproducibility, idempotence."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -10,7 +11,9 @@ import pytest
 from registry import ModelRegistry
 from registry.stores import LocalStore
 from runtimes import FEATURES, LABELS, load
-from training.data import CURRENT, SNAPSHOTS, is_test_star, load_snapshot
+from runtimes.preprocessing import Preprocessor
+from runtimes.schema import DIAGNOSTICS, WITH_DIAGNOSTICS
+from training.data import CURRENT, DIAGNOSTICS_FILE, SNAPSHOTS, data_dir, is_test_star, load_snapshot
 from training.evaluate import evaluate
 from training.train import train_all
 
@@ -20,18 +23,40 @@ FLOORS = {
     ("random_forest", "1.1.0", "koi_cumulative_2025-09-18"): (0.80, 0.75, 0.91),
     ("keras_cnn", "1.1.0", "koi_cumulative_2025-09-18"): (0.78, 0.72, 0.90),
     ("xgboost", "1.0.0", "koi_cumulative_2019-01-20"): (0.78, 0.74, 0.91),
+    # 2.x: the 36 table features and the 33 vetting diagnostics, trained in full by the fixture.
+    ("xgboost", "2.1.0", "koi_cumulative_2025-09-18"): (0.85, 0.81, 0.950),
+    ("random_forest", "2.1.0", "koi_cumulative_2025-09-18"): (0.845, 0.80, 0.945),
+    ("keras_cnn", "2.1.0", "koi_cumulative_2025-09-18"): (0.82, 0.77, 0.93),
+    ("xgboost", "2.0.0", "koi_cumulative_2019-01-20"): (0.81, 0.78, 0.935),
+    ("ensemble", "2.1.0", "koi_cumulative_2025-09-18"): (0.855, 0.82, 0.955),
 }
+BOTH_LABELS = {"koi_cumulative_2019-01-20", "koi_cumulative_2025-09-18"}
 LEAKY = {"koi_pdisposition", "koi_score", "koi_fpflag_nt", "koi_fpflag_ss", "koi_fpflag_co", "koi_fpflag_ec",
          "kepler_name", "kepid", "kepoi_name", "koi_tce_delivname", "koi_teq_err1", "koi_teq_err2", "koi_disposition"}
 
 
-def test_schema_has_36_numeric_non_leaky_features():
+def test_schema_has_36_numeric_non_leaky_features_and_33_diagnostics():
     table = load_snapshot(CURRENT).table
-    assert len(FEATURES) == 36 and len(set(FEATURES)) == 36
-    assert not LEAKY & set(FEATURES)
-    assert set(FEATURES) | LEAKY | {"loc_rowid"} >= set(table.columns)
-    assert all(np.issubdtype(table[f].dtype, np.number) for f in FEATURES)
+    assert len(FEATURES) == 36 and len(set(FEATURES)) == 36 and len(DIAGNOSTICS) == 33
+    assert not (LEAKY | {"koi_comment"}) & set(FEATURES + DIAGNOSTICS)
+    assert set(FEATURES) | set(DIAGNOSTICS) | LEAKY | {"loc_rowid"} >= set(table.columns)
+    assert all(np.issubdtype(table[f].dtype, np.number) for f in FEATURES + DIAGNOSTICS)
     assert LABELS == ("CONFIRMED", "CANDIDATE", "FALSE_POSITIVE")
+
+
+def test_the_bundled_diagnostics_are_the_documented_file_joined_by_name():
+    raw = gzip.decompress((data_dir() / DIAGNOSTICS_FILE).read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == "69fdcce44cce60f112bde0c219ecac1ad349d99afec80cce49942f18540a492e"
+    snapshot = load_snapshot(CURRENT)
+    assert snapshot.table["koi_max_mult_ev"].isna().sum() == 1142  # the KOIs absent from the DR25 run
+    assert snapshot.complete_diagnostics.sum() == 6682
+    # Preprocessing never lets a model see a diagnostic's absence: every family fills them.
+    X = snapshot.matrix(WITH_DIAGNOSTICS)
+    for impute in (False, True):
+        prep = Preprocessor.fit(X, log_skewed=False, impute=impute, standardize=False, features=WITH_DIAGNOSTICS)
+        filled = prep.transform(X)
+        assert not np.isnan(filled[:, 36:]).any()
+        assert np.isnan(filled[:, :36]).any() != impute  # table values: NaN stays NaN for XGBoost only
 
 
 def test_split_is_by_star_and_matches_the_documented_rule():
@@ -70,7 +95,7 @@ def test_metadata_follows_the_seed_schema(trained_registry):
             assert meta.performance.evaluated_against == own and meta.performance.averaging == "macro"
             assert meta.input_schema.feature_names == list(FEATURES) and meta.input_schema.features == 36
             assert meta.output_schema.labels == list(LABELS)
-            assert set(meta.evaluations) == {own, "koi_cumulative_2025-09-18"}
+            assert set(meta.evaluations) == BOTH_LABELS
             evaluation = meta.evaluations["koi_cumulative_2025-09-18"]
             assert set(evaluation["per_class"]) == set(LABELS)
             matrix = np.array(evaluation["confusion_matrix"]["matrix"])

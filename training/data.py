@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runtimes.schema import ARCHIVE_DISPOSITIONS, FEATURES
+from runtimes.schema import ARCHIVE_DISPOSITIONS, DIAGNOSTICS, FEATURES
 
 SNAPSHOTS = {
     "2019-01-20": "koi_cumulative_2019-01-20.csv.gz",
     "2025-09-18": "koi_cumulative_2025-09-18.csv.gz",
 }
 CURRENT = "2025-09-18"
+DIAGNOSTICS_FILE = "koi_diagnostics_2022-12-28.csv.gz"  # joined onto either snapshot by kepoi_name
 TEST_PERCENT = 20
 VALIDATION_PERCENT = 10  # carved from the training stars only, for tuning
+SPLIT = "test: KOIs whose host star has int(sha256(str(kepid)), 16) % 100 < 20; validation: 20..29; train: the rest"
 
 
 def data_dir() -> Path:
@@ -56,6 +58,15 @@ class Snapshot:
     def X(self) -> np.ndarray:
         return self.table[list(FEATURES)].to_numpy(dtype=np.float32)
 
+    def matrix(self, features: tuple[str, ...]) -> np.ndarray:
+        return self.table[list(features)].to_numpy(dtype=np.float32)
+
+    @property
+    def complete_diagnostics(self) -> np.ndarray:
+        """Rows with every diagnostic measured: where a diagnostic's absence can tell no model
+        which pipeline cohort a KOI belongs to."""
+        return self.table[list(DIAGNOSTICS)].notna().all(axis=1).to_numpy()
+
     @property
     def y(self) -> np.ndarray:
         return self.table["koi_disposition"].map(ARCHIVE_DISPOSITIONS).to_numpy(dtype=np.int64)
@@ -77,6 +88,10 @@ def load_snapshot(snapshot: str = CURRENT, directory: Path | None = None) -> Sna
         raise ValueError(f"unknown snapshot {snapshot!r}: expected one of {', '.join(SNAPSHOTS)}")
     path = (directory or data_dir()) / SNAPSHOTS[snapshot]
     table = pd.read_csv(path, comment="#").sort_values("kepoi_name", kind="stable").reset_index(drop=True)
+    diagnostics = pd.read_csv((directory or data_dir()) / DIAGNOSTICS_FILE)
+    if list(diagnostics.columns[2:]) != list(DIAGNOSTICS):
+        raise ValueError(f"{DIAGNOSTICS_FILE}: columns differ from runtimes.schema.DIAGNOSTICS")
+    table = table.merge(diagnostics.drop(columns="kepid"), on="kepoi_name", how="left", validate="1:1")
     unknown = set(table["koi_disposition"]) - set(ARCHIVE_DISPOSITIONS)
     if unknown:
         raise ValueError(f"{path.name}: unexpected dispositions {sorted(unknown)}")

@@ -1,8 +1,11 @@
 """`kepler-train`: train the three model families on both snapshots and register them.
 
-Version history: 1.0.0 learns the 2019-01-20 labels, 1.1.0 the 2025-09-18 labels; `stable`
-points at 1.0.0 and `latest` at 1.1.0 when those aliases are not set yet. Versions already in the
-registry are skipped, so running it twice (or on every quickstart) is harmless.
+Version history: 1.0.0 learns the 2019-01-20 labels and 1.1.0 the 2025-09-18 labels from the 36
+table features; 2.0.0 and 2.1.0 learn the same labels from those plus the 33 vetting diagnostics,
+and each 2.x tree model also stores out-of-fold predictions for every KOI (five star folds), from
+which the version's ensemble is fitted. `stable` points at 1.0.0 and `latest` at 1.1.0 when those
+aliases are not set yet. Versions already in the registry are skipped, so running it twice (or on
+every quickstart) is harmless.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +24,36 @@ from registry import RegistryConfig, RegistryError
 from registry.errors import AliasConflict, VersionExists
 from registry.registry import ModelRegistry
 from runtimes import MODEL_NAMES, runtime_class
-from runtimes.schema import input_schema, output_schema
+from runtimes.schema import FEATURE_SETS, input_schema, output_schema
 
-from .data import CURRENT, Snapshot, dataset_version, load_snapshot
+from .catalogue import publish_catalogue
+from .data import SNAPSHOTS, SPLIT, Snapshot, dataset_version, load_snapshot
+from .ensembles import NAME as ENSEMBLE, publish_ensemble
 from .evaluate import evaluate
+from .folds import FOLD_MODELS, write_out_of_fold
+from .model_card import model_card
 from .plots import evaluation_plot
 
-VERSION_PLAN = {"1.0.0": "2019-01-20", "1.1.0": "2025-09-18"}
+
+@dataclass(frozen=True)
+class Plan:
+    snapshot: str  # whose labels the version learns
+    feature_set: str  # a runtimes.schema.FEATURE_SETS key
+    folds: bool = False  # also store out-of-fold predictions (tree families)
+
+
+VERSION_PLAN = {
+    "1.0.0": Plan("2019-01-20", "table"),
+    "1.1.0": Plan("2025-09-18", "table"),
+    "2.0.0": Plan("2019-01-20", "table+diagnostics", folds=True),
+    "2.1.0": Plan("2025-09-18", "table+diagnostics", folds=True),
+}
 DEFAULT_ALIASES = {"stable": "1.0.0", "latest": "1.1.0"}
-SPLIT = "test: KOIs whose host star has int(sha256(str(kepid)), 16) % 100 < 20; validation: 20..29; train: the rest"
+ENSEMBLE_ALIASES = {"stable": "2.1.0", "latest": "2.1.0"}  # the fitted ensembles exist from 2.0.0 on
+MISSING_VALUES = ("missing diagnostics are replaced by their training-star medians in every family, so no model "
+                  "learns from a diagnostic's absence (which marks KOIs outside the DR25 run, or without a "
+                  "Robovetter score); missing table values: XGBoost routes NaN natively, the forest and the CNN "
+                  "impute training medians")
 
 
 class Progress:
@@ -40,41 +65,57 @@ class Progress:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=self.stream or sys.stderr, flush=True)
 
 
-def train_version(registry: ModelRegistry, name: str, version: str, snapshot: Snapshot, current: Snapshot,
+def train_version(registry: ModelRegistry, name: str, version: str, snapshots: dict[str, Snapshot],
                   seed: int, fast: bool, progress: Progress) -> dict | None:
     if registry.exists(name, version):
         progress(f"{name} {version}: already registered, skipping")
         return None
+    plan = VERSION_PLAN[version]
+    snapshot, features = snapshots[plan.snapshot], FEATURE_SETS[plan.feature_set]
     train, validation, test = snapshot.masks()
-    X, y = snapshot.X, snapshot.y
+    X, y = snapshot.matrix(features), snapshot.y
     runtime_type = runtime_class(name)
-    progress(f"{name} {version}: training on the {snapshot.name} labels ({train.sum()} train, "
-             f"{validation.sum()} validation stars' KOIs)")
+    progress(f"{name} {version}: training on the {snapshot.name} labels, {len(features)} features "
+             f"({train.sum()} train, {validation.sum()} validation stars' KOIs)")
     runtime = runtime_type()
-    facts = runtime.fit(X[train], y[train], X[validation], y[validation], seed=seed, fast=fast, progress=progress)
+    facts = runtime.fit(X[train], y[train], X[validation], y[validation], seed=seed, fast=fast, progress=progress,
+                        features=features)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         runtime.save(directory)
         # Evaluate what was saved, exactly as serving will load it.
         probabilities = runtime_type.load(directory).predict_proba(X[test])
-        evaluations = {dataset_version(s.name): evaluate(s.y[test], probabilities, dataset_version(s.name))
-                       for s in {snapshot.name: snapshot, current.name: current}.values()}
+        evaluations, complete = evaluate_versions(snapshots, test, probabilities)
         own = evaluations[dataset_version(snapshot.name)]
         evaluation_plot(snapshot.y[test], probabilities,
                         f"{name} {version}, test stars, {snapshot.name} labels", directory / "evaluation.png")
+        extra = {}
+        if plan.folds and name in FOLD_MODELS:
+            def fit_predict(train_rows: np.ndarray, predict_rows: np.ndarray) -> np.ndarray:
+                """The version's own recipe on fewer stars (XGBoost keeps its tuned rounds)."""
+                fold = runtime_type()
+                fold.fit(X[train_rows], y[train_rows], X[:0], y[:0], seed=seed, fast=fast, progress=lambda _: None,
+                         features=features, rounds=facts.get("num_boost_round"))
+                return fold.predict_proba(X[predict_rows])
+
+            extra["out_of_fold"] = write_out_of_fold(directory, snapshot, probabilities, fit_predict,
+                                                     f"{name} {version}", progress)
         metadata = {
             "model_name": name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "framework": runtime_type.framework, "framework_version": runtime_type.framework_version(),
             "model_file": runtime_type.model_file, "preprocessing_file": "preprocessing.json",
             "training": {"dataset_version": dataset_version(snapshot.name), "training_samples": facts.pop("training_samples"),
-                         "epochs": facts.pop("epochs"), "seed": seed, "fast": fast, "split": SPLIT, **facts},
+                         "epochs": facts.pop("epochs"), "seed": seed, "fast": fast, "split": SPLIT,
+                         "feature_set": plan.feature_set, "missing_values": MISSING_VALUES, **facts, **extra},
             "performance": {k: own[k] for k in ("accuracy", "precision", "recall", "f1_score", "roc_auc",
                                                 "averaging", "evaluated_against", "test_samples")},
             "evaluations": evaluations,
-            "input_schema": input_schema(), "output_schema": output_schema(),
+            "evaluations_complete_diagnostics": complete,
+            "input_schema": input_schema(features), "output_schema": output_schema(),
         }
         (directory / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+        (directory / "MODEL_CARD.md").write_text(model_card(metadata))
         try:
             registry.publish(name, version, directory)
         except VersionExists:
@@ -86,8 +127,21 @@ def train_version(registry: ModelRegistry, name: str, version: str, snapshot: Sn
     return metadata
 
 
-def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress) -> None:
-    for alias, version in DEFAULT_ALIASES.items():
+def evaluate_versions(snapshots: dict[str, Snapshot], test: np.ndarray, probabilities: np.ndarray
+                      ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Test-star metrics against every label snapshot: on all test KOIs, and on those whose
+    diagnostics are all measured (where no missing value can hint at a KOI's pipeline cohort)."""
+    complete = next(iter(snapshots.values())).complete_diagnostics[test]
+    every, subset = {}, {}
+    for s in snapshots.values():
+        labels = dataset_version(s.name)
+        every[labels] = evaluate(s.y[test], probabilities, labels)
+        subset[labels] = evaluate(s.y[test][complete], probabilities[complete], labels)
+    return every, subset
+
+
+def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress, aliases=DEFAULT_ALIASES) -> None:
+    for alias, version in aliases.items():
         if not registry.exists(name, version):
             continue
         try:
@@ -100,16 +154,23 @@ def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress) 
 def train_all(registry: ModelRegistry, models=MODEL_NAMES, versions=tuple(VERSION_PLAN), seed: int = 0,
               fast: bool = False, progress: Progress | None = None) -> list[dict]:
     progress = progress or Progress()
-    current = load_snapshot(CURRENT)
+    snapshots = {name: load_snapshot(name) for name in SNAPSHOTS}
     published = []
     for version in versions:
-        snapshot = load_snapshot(VERSION_PLAN[version])
         for name in models:
-            metadata = train_version(registry, name, version, snapshot, current, seed, fast, progress)
+            metadata = train_version(registry, name, version, snapshots, seed, fast, progress)
+            if metadata:
+                published.append(metadata)
+        plan = VERSION_PLAN[version]
+        if plan.folds and set(FOLD_MODELS) <= set(models):
+            metadata = publish_ensemble(registry, version, snapshots[plan.snapshot], snapshots, SPLIT, progress)
             if metadata:
                 published.append(metadata)
     for name in models:
         set_default_aliases(registry, name, progress)
+    if set(FOLD_MODELS) <= set(models):
+        set_default_aliases(registry, ENSEMBLE, progress, ENSEMBLE_ALIASES)
+    publish_catalogue(registry, progress=progress)  # the KOIs by name, beside the models that score them
     progress(f"done: {len(published)} version(s) registered in {registry.store.description}")
     return published
 
