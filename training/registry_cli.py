@@ -1,7 +1,7 @@
-"""`kepler-registry`: inspect and manage the model registry.
+"""`kepler-registry`: inspect and manage the model registry and the datasets beside the models.
 
-Lives above both the registry and the runtimes because `validate` loads models; every other verb
-only moves bytes and metadata.
+Lives above both the registry and the runtimes because `validate` loads models (and
+`dataset-validate` the KOI catalogue); every other verb only moves bytes and metadata.
 """
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ import numpy as np
 
 from registry import RegistryConfig, RegistryError
 from registry.errors import AliasConflict, InvalidName, NotFound, VersionExists
-from registry.registry import ModelRegistry
+from registry.registry import ArtifactRegistry, ModelRegistry
 
 METRICS = ("accuracy", "precision", "recall", "f1_score", "roc_auc", "expected_calibration_error")
 
 
-def _known_model(registry: ModelRegistry, name: str) -> None:
-    if not registry.versions(name, include_archived=True):
-        known = registry.models()
-        raise NotFound(f"model {name!r} not found in {registry.store.description}"
-                       + (f" (known: {', '.join(known)})" if known else " (the registry is empty)"))
+def _known(artifacts: ArtifactRegistry, name: str) -> None:
+    """A model or dataset name with at least one version, or a message listing the known ones."""
+    if not artifacts.versions(name, include_archived=True):
+        known = artifacts.names()
+        raise NotFound(f"{artifacts.KIND} {name!r} not found in {artifacts.store.description}"
+                       + (f" (known: {', '.join(known)})" if known else f" (the registry has no {artifacts.KIND}s)"))
 
 
 def cmd_list(registry: ModelRegistry, args) -> None:
@@ -32,7 +33,7 @@ def cmd_list(registry: ModelRegistry, args) -> None:
     if not names:
         print(f"no models in {registry.store.description}")
     for name in names:
-        _known_model(registry, name)
+        _known(registry, name)
         summary = registry.summary(name)
         print(f"{name}:")
         for version in summary.versions + summary.archived:
@@ -66,14 +67,20 @@ def cmd_compare(registry: ModelRegistry, args) -> None:
 def cmd_report(registry: ModelRegistry, args) -> None:
     """A Markdown table of every version's test metrics, and optionally a bar chart of them."""
     rows = []
-    print("| model | version | labels | accuracy | macro-F1 | ROC-AUC (OvR, macro) | ECE |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | version | labels | test KOIs | accuracy | macro-F1 | ROC-AUC (OvR, macro) | ECE |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in registry.models():
         for version in registry.versions(name):
-            for against, e in sorted(registry.metadata(name, version).evaluations.items()):
-                rows.append((name, version, against, e))
-                print(f"| {name} | {version} | {against.removeprefix('koi_cumulative_')} | {e['accuracy']:.3f} | "
-                      f"{e['f1_score']:.3f} | {e['roc_auc']:.3f} | {e['expected_calibration_error']:.3f} |")
+            metadata = registry.metadata(name, version)
+            subsets = (("all", metadata.evaluations),
+                       ("complete diagnostics", (metadata.model_extra or {}).get("evaluations_complete_diagnostics", {})))
+            for subset, evaluations in subsets:
+                for against, e in sorted(evaluations.items()):
+                    if subset == "all":
+                        rows.append((name, version, against, e))
+                    print(f"| {name} | {version} | {against.removeprefix('koi_cumulative_')} | {subset} "
+                          f"({e['test_samples']}) | {e['accuracy']:.3f} | {e['f1_score']:.3f} | {e['roc_auc']:.3f} | "
+                          f"{e['expected_calibration_error']:.3f} |")
     if args.plot and rows:
         from training.plots import metrics_chart
 
@@ -126,7 +133,7 @@ def cmd_pull(registry: ModelRegistry, args) -> None:
 def cmd_push(registry: ModelRegistry, args) -> None:
     target = RegistryConfig.from_env(uri=args.to, endpoint_url=args.to_endpoint_url).open()
     for name in args.names or registry.models():
-        _known_model(registry, name)
+        _known(registry, name)
         for version in registry.versions(name, include_archived=True):
             if target.exists(name, version):
                 print(f"{name} {version}: already in {target.store.description}")
@@ -146,6 +153,73 @@ def cmd_push(registry: ModelRegistry, args) -> None:
                 print(f"{name}: {alias} already set there ({target.get_alias(name, alias).version}), left as is")
 
 
+def cmd_datasets(registry: ModelRegistry, args) -> None:
+    datasets = registry.datasets
+    names = datasets.names()
+    if not names:
+        print(f"no datasets in {datasets.store.description}")
+    for name in names:
+        print(f"{name}:")
+        aliases = datasets.aliases(name)
+        for version in datasets.versions(name):
+            files = datasets.metadata(name, version).files
+            shapes = ", ".join(f"{f} {s.rows} rows x {len(s.columns)} columns" for f, s in sorted(files.items()))
+            tags = sorted(a for a, v in aliases.items() if v == version)
+            print(f"  {version:<9} {shapes}{'  <- ' + ', '.join(tags) if tags else ''}")
+
+
+def cmd_dataset_pull(registry: ModelRegistry, args) -> None:
+    _known(registry.datasets, args.name)
+    version = registry.datasets.resolve(args.name, args.ref)
+    directory = registry.datasets.pull(args.name, version)
+    if args.to:
+        shutil.copytree(directory, Path(args.to), dirs_exist_ok=True)
+        directory = Path(args.to)
+    print(directory)
+
+
+def cmd_dataset_validate(registry: ModelRegistry, args) -> None:
+    from registry import verify_directory
+
+    datasets = registry.datasets
+    _known(datasets, args.name)
+    version = datasets.resolve(args.name, args.ref)
+    directory = datasets.pull(args.name, version)
+    verify_directory(directory)
+    signed = "signature and checksums" if datasets.verify_key is not None else "checksums"
+    print(f"{args.name} {version}: {signed} verified ({directory})")
+    if args.name == "koi_catalogue":
+        _validate_catalogue(directory, version, datasets.metadata(args.name, version))
+
+
+def _validate_catalogue(directory: Path, version: str, metadata) -> None:
+    """Loading checks the columns serving needs (names, dispositions, the 69 features); the rows
+    and the column order must also be those the metadata records."""
+    from serve_app.catalogue import Catalogue, InvalidCatalogue
+    from training.catalogue import CATALOGUE_FILE
+
+    expected = metadata.files[CATALOGUE_FILE]
+    try:
+        catalogue = Catalogue.load(directory, version)
+    except InvalidCatalogue as e:
+        raise RegistryError(f"koi_catalogue {version} does not load: {e}") from None
+    columns = ["kepoi_name", "kepid", "kepler_name", *catalogue.disposition_columns, *catalogue.feature_names]
+    if columns != expected.columns or len(catalogue) != expected.rows:
+        raise RegistryError(f"koi_catalogue {version}: {len(catalogue)} rows x {len(columns)} columns, but its "
+                            f"metadata records {expected.rows} rows x {len(expected.columns)} columns")
+    if metadata.model_extra.get("current_disposition") != catalogue.current_disposition:
+        raise RegistryError(f"koi_catalogue {version}: the current disposition is {catalogue.current_disposition}, "
+                            f"its metadata says {metadata.model_extra.get('current_disposition')}")
+    print(f"koi_catalogue {version}: loads; {len(catalogue)} KOIs x {len(columns)} columns as its metadata records, "
+          f"{len(catalogue.candidates())} candidates by {catalogue.current_disposition}")
+
+
+def cmd_dataset_publish(registry: ModelRegistry, args) -> None:
+    from training.catalogue import publish_catalogue
+
+    publish_catalogue(registry, args.version)
+
+
 def cmd_keygen(registry: ModelRegistry | None, args) -> None:
     from registry.signing import generate_keypair
 
@@ -154,7 +228,8 @@ def cmd_keygen(registry: ModelRegistry | None, args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="kepler-registry", description="Inspect and manage the model registry.")
+    root = argparse.ArgumentParser(prog="kepler-registry",
+                                   description="Inspect and manage the model registry and its datasets.")
     root.add_argument("--registry", help="registry URI: a directory, file:///path or s3://bucket/prefix "
                                          "(default: $KEPLER_REGISTRY_URI or ~/.kepler-serve/registry)")
     root.add_argument("--endpoint-url", help="S3-compatible endpoint URL (default: $KEPLER_S3_ENDPOINT_URL)")
@@ -191,6 +266,14 @@ def parser() -> argparse.ArgumentParser:
     verb("push", cmd_push, "copy versions and aliases to another registry", (("names",), {"nargs": "*"}),
          (("--to",), {"required": True, "help": "target registry URI"}),
          (("--to-endpoint-url",), {"help": "target's S3-compatible endpoint URL"}))
+    dataset = (("name",), {"help": "dataset name, e.g. koi_catalogue"})
+    verb("datasets", cmd_datasets, "datasets, versions, row counts and aliases")
+    verb("dataset-pull", cmd_dataset_pull, "download and verify a dataset version into the local cache", dataset,
+         ref, (("--to",), {"help": "also copy it here"}))
+    verb("dataset-validate", cmd_dataset_validate, "verify a dataset version (and load the KOI catalogue)",
+         dataset, ref)
+    verb("dataset-publish", cmd_dataset_publish, "build and publish the KOI catalogue from the bundled data "
+         "(skipped if published)", (("--version",), {"default": "1.0.0", "help": "catalogue version"}))
     return root
 
 
