@@ -149,8 +149,12 @@ class RouterSettings(_Strict):
     """The router's user_config: changed by `serve deploy` without a restart."""
 
     ensemble_weights: dict[str, float] = Field(default_factory=lambda: {m: 1.0 for m in MODEL_NAMES},
-                                               description="soft-vote weight per model; 0 leaves it out")
+                                               description="soft-vote weight per model (0 leaves it out) for "
+                                                           "versions without a fitted ensemble record; set "
+                                                           "explicitly, it overrides the records too")
     alias_cache_s: float = Field(5.0, ge=0, description="how long a resolved alias is trusted")
+    catalogue: str = Field("stable", description="the KOI catalogue (registry dataset koi_catalogue) to look KOIs up "
+                                                 "in: a version or an alias, pulled and verified once per replica")
     max_batch_rows: int = Field(1000, ge=1, description="most rows one request may carry")
     max_body_bytes: int = Field(2_000_000, ge=1024, description="larger request bodies are a 413")
     model_timeout_s: float = Field(10.0, gt=0, description="longest wait for one model's answer")
@@ -161,6 +165,7 @@ class RouterSettings(_Strict):
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     _experiment_models = field_validator("experiments")(lambda cls, v: _known_models("experiments", v))
+    _catalogue_ref = field_validator("catalogue")(_check_ref)
 
     @field_validator("ensemble_weights")
     @classmethod

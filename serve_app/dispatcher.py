@@ -1,7 +1,8 @@
 """The dispatcher: every prediction goes through the same stages, in this order.
 
-    resolve the version -> check the rows against that version's input schema
-    -> assign the variant (stable, candidate; experiments only)
+    resolve the version -> project the rows onto that version's input schema (feature_rows.py)
+    -> assign the variant (stable, candidate; experiments only; a request the candidate's schema
+       cannot take is answered by the stable variant and left out of both variants' statistics)
     -> batch -> call the model (breaker, retry once)          [ModelCalls]
     -> record (metrics, the experiment's statistics) -> shadow copy
 
@@ -13,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol
 
 import numpy as np
 
+from runtimes.ensemble import combine
 from runtimes.schema import LABELS
 
 from .config import RouterSettings
-from .ensemble import soft_vote
-from .errors import BreakerOpen, ModelUnavailable, ServingError
+from .ensemble import EnsembleRecords, soft_vote
+from .errors import BadRequest, BreakerOpen, ModelUnavailable, ServingError
+from .feature_rows import FeatureRows
 from .model_calls import ModelCalls
 from .schemas import EnsembleInfo
 from .traffic import Route, ShadowCopies, Traffic
@@ -44,6 +47,7 @@ class MemberAnswer:
     version: str
     probabilities: np.ndarray
     variant: str | None = None  # "stable" or "candidate" when the model runs an experiment
+    features: tuple[str, ...] = ()  # the answering version's input schema
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Answer:
     variant: str | None = None
     ensemble: EnsembleInfo | None = None
     members: dict[str, MemberAnswer] = field(default_factory=dict)  # every model's answer, when asked
+    features: tuple[str, ...] = ()  # what the answer was computed from: missing ones are listed
 
 
 class Observer(Protocol):
@@ -71,6 +76,7 @@ class Dispatcher:
         self.models, self.versions, self.calls, self.traffic = models, versions, calls, traffic
         self.observer = observer
         self.shadows = ShadowCopies(self._shadow_answer, traffic.recorder, observer.dropped_shadow)
+        self.records = EnsembleRecords(versions.registry, versions.aliases)
         self.configure(settings)
 
     def configure(self, settings: RouterSettings) -> None:
@@ -80,41 +86,56 @@ class Dispatcher:
         self.traffic.configure(settings.experiments)
         self.shadows.resize(max([s.shadow_queue for s in settings.experiments.values()], default=64))
 
-    async def predict(self, model: str, version_ref: str | None, rows: np.ndarray, context: RequestContext,
-                      all_models: bool = False) -> Answer:
+    async def predict(self, model: str, version_ref: str | None, rows: FeatureRows | np.ndarray,
+                      context: RequestContext, all_models: bool = False) -> Answer:
+        if not isinstance(rows, FeatureRows):
+            rows = FeatureRows.of(rows)
         if model == "ensemble" or all_models:
-            vote = await self._ensemble(version_ref, rows, context)
+            vote = await self._ensemble(version_ref, rows, context, fitted=model == "ensemble")
             if model == "ensemble":
                 return vote
             chosen = await self._auto(version_ref) if model == "auto" else model
             if chosen in vote.members:
                 member = vote.members[chosen]
-                return Answer(member.probabilities, chosen, member.version, member.variant, None, vote.members)
+                return Answer(member.probabilities, chosen, member.version, member.variant, None, vote.members,
+                              member.features)
             model = chosen
         elif model == "auto":
             model = await self._auto(version_ref)
         member = await self._member(model, version_ref, rows, context)
-        return Answer(member.probabilities, model, member.version, member.variant)
+        return Answer(member.probabilities, model, member.version, member.variant, features=member.features)
 
     # ---- one model, through every stage ------------------------------------------------------
-    async def _member(self, model: str, version_ref: str | None, rows: np.ndarray,
+    async def _member(self, model: str, version_ref: str | None, rows: FeatureRows,
                       context: RequestContext) -> MemberAnswer:
         version = await self.versions.resolve(model, version_ref)
-        await self.versions.check_input(model, version, rows)
+        matrix, features = await self.versions.check_input(model, version, rows)
         # Only requests that name no version take part in the model's experiment.
         route = None if version_ref else self.traffic.route(model, context.headers)
         if route is None:
-            return MemberAnswer(model, version, await self._call(model, version, rows, context))
+            return MemberAnswer(model, version, await self._call(model, version, matrix, context), None, features)
+        candidate = await self._fit_for(model, route.candidate_version if route.compares else None, rows)
+        if route.compares and candidate is None:  # the candidate could not take it: compare like with like
+            route = replace(route, variant="stable", compares=False)
         if route.variant == "candidate":
             answer = await self._compared(route, "candidate",
-                                          self._call(model, route.candidate_version, rows, context, "candidate"))
+                                          self._call(model, route.candidate_version, candidate[0], context, "candidate"))
             if answer is not None:
-                self._shadow(model, route, rows, answer)
-                return MemberAnswer(model, route.candidate_version, answer, "candidate")
+                await self._shadow(model, route, rows, answer)
+                return MemberAnswer(model, route.candidate_version, answer, "candidate", candidate[1])
             # a failing candidate's request is answered by the stable variant
-        answer = await self._compared(route, "stable", self._call(model, version, rows, context), reraise=True)
-        self._shadow(model, route, rows, answer)
-        return MemberAnswer(model, version, answer, "stable")
+        answer = await self._compared(route, "stable", self._call(model, version, matrix, context), reraise=True)
+        await self._shadow(model, route, rows, answer)
+        return MemberAnswer(model, version, answer, "stable", features)
+
+    async def _fit_for(self, model: str, version: str | None, rows: FeatureRows):
+        """The rows as `version` takes them, or None when its schema cannot take them."""
+        if version is None:
+            return None
+        try:
+            return await self.versions.check_input(model, version, rows)
+        except BadRequest:
+            return None
 
     async def _call(self, model: str, version: str, rows: np.ndarray, context: RequestContext,
                     variant: str = "primary") -> np.ndarray:
@@ -146,9 +167,10 @@ class Dispatcher:
                                            result.argmax(axis=1).tolist())
         return result
 
-    def _shadow(self, model: str, route: Route, rows: np.ndarray, primary: np.ndarray) -> None:
-        if route.shadow_version:
-            self.shadows.offer(model, route, rows, primary)
+    async def _shadow(self, model: str, route: Route, rows: FeatureRows, primary: np.ndarray) -> None:
+        shadow = await self._fit_for(model, route.shadow_version, rows)
+        if shadow is not None:
+            self.shadows.offer(model, route, shadow[0], primary)
 
     async def _shadow_answer(self, model: str, version: str, rows: np.ndarray) -> np.ndarray:
         return await self._call(model, version, rows, RequestContext("shadow"), "shadow")
@@ -171,10 +193,17 @@ class Dispatcher:
             raise ModelUnavailable(f"no model can serve version {version_ref or 'default'!r}")
         return best
 
-    async def _ensemble(self, version_ref: str | None, rows: np.ndarray, context: RequestContext) -> Answer:
-        weights = self.settings.ensemble_weights
+    async def _ensemble(self, version_ref: str | None, rows: FeatureRows, context: RequestContext,
+                        fitted: bool) -> Answer:
+        """Version V's fitted record, where V has one: members called at V, calibrated and weighted
+        as fitted (explicitly configured ensemble_weights still win). Else the configured weights
+        over each member's own default or the requested version."""
+        record = await self.records.find(version_ref) if fitted else None
+        explicit = "ensemble_weights" in self.settings.model_fields_set
+        weights = self.settings.ensemble_weights if record is None or explicit else record.weights
+        member_ref = record.version if record is not None else version_ref
         members = [m for m in self.models if weights.get(m, 0) > 0]
-        results = await asyncio.gather(*(self._member(m, version_ref, rows, context) for m in members),
+        results = await asyncio.gather(*(self._member(m, member_ref, rows, context) for m in members),
                                        return_exceptions=True)
         answers: dict[str, MemberAnswer] = {}
         skipped: dict[str, BaseException] = {}
@@ -185,13 +214,18 @@ class Dispatcher:
                 answers[model] = result
         if not answers:
             raise _all_failed(skipped)
+        calibrated = record is not None and not explicit
         info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
                             degraded=bool(skipped),
-                            skipped={m: getattr(e, "message", type(e).__name__) for m, e in skipped.items()})
+                            skipped={m: getattr(e, "message", type(e).__name__) for m, e in skipped.items()},
+                            record=record.version if record is not None else None,
+                            temperatures=dict(record.temperatures) if calibrated else None)
         versions = {a.version for a in answers.values()}
         version = versions.pop() if len(versions) == 1 else (version_ref or "mixed")
-        probabilities = soft_vote({m: a.probabilities for m, a in answers.items()}, weights)
-        return Answer(probabilities, "ensemble", version, None, info, answers)
+        probabilities = {m: a.probabilities for m, a in answers.items()}
+        vote = combine(record, probabilities) if calibrated else soft_vote(probabilities, weights)
+        features = tuple(dict.fromkeys(f for a in answers.values() for f in a.features))
+        return Answer(vote, "ensemble", version, None, info, answers, features)
 
 
 def _all_failed(skipped: dict[str, BaseException]) -> ServingError:

@@ -8,7 +8,7 @@ import numpy as np
 
 from registry import ModelRegistry, RegistryError, checksums
 from registry.errors import NotFound
-from runtimes import N_FEATURES, Runtime, load
+from runtimes import Runtime, load
 
 from .errors import ModelUnavailable, NotFoundError
 
@@ -33,7 +33,7 @@ def load_version(registry: ModelRegistry, name: str, version: str, threads: int)
         raise ModelUnavailable(f"{name} {version} cannot be pulled: {e}") from None
     try:
         runtime = load(name, directory, threads=threads)
-        runtime.predict_proba(np.zeros((1, N_FEATURES), dtype=np.float32))  # warm: compile/trace now
+        runtime.predict_proba(np.zeros((1, len(runtime.features)), dtype=np.float32))  # warm: compile/trace now
     except Exception as e:  # noqa: BLE001 - any framework error means "this version cannot load"
         raise ModelUnavailable(f"{name} {version} cannot be loaded: {type(e).__name__}: {e}") from None
     return LoadedModel(name, version, runtime, time.perf_counter() - started, manifest)

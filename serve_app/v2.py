@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtimes.schema import LABELS, N_CLASSES, N_FEATURES
+from runtimes.schema import KNOWN_FEATURES, LABELS, N_CLASSES, N_FEATURES
 
 INPUT_NAME = "features"
+WIDTHS = (N_FEATURES, len(KNOWN_FEATURES))  # the table features; then the diagnostics too (2.x only)
+MISSING = "missing_value"  # V2 has no null: data equal to this request parameter are missing
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 OUTPUTS = ("probabilities", "labels")
 _FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
@@ -73,31 +75,47 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 
 def decode(request: InferRequest, max_rows: int) -> np.ndarray:
-    """The single FP32/FP64 input tensor as a float32 matrix [N, 36], all values present."""
+    """The single FP32/FP64 input tensor as a float32 matrix [N, 36] or [N, 69], NaN where a value
+    equals the `missing_value` parameter (of the tensor, else of the request)."""
     if len(request.inputs) != 1:
         raise V2Error(f"expected exactly one input tensor named '{INPUT_NAME}', got {len(request.inputs)}")
     tensor = request.inputs[0]
     if tensor.datatype not in _FLOAT_TYPES:
         raise V2Error(f"input '{tensor.name}': datatype must be FP32 or FP64, got {tensor.datatype!r}")
-    if len(tensor.shape) != 2 or tensor.shape[1] != N_FEATURES or tensor.shape[0] < 1:
-        raise V2Error(f"input '{tensor.name}': shape must be [N, {N_FEATURES}] with N >= 1, got {tensor.shape}")
+    if len(tensor.shape) != 2 or tensor.shape[1] not in WIDTHS or tensor.shape[0] < 1:
+        raise V2Error(f"input '{tensor.name}': shape must be [N, {WIDTHS[0]}] or [N, {WIDTHS[1]}] with N >= 1, "
+                      f"got {tensor.shape}")
     if tensor.shape[0] > max_rows:
         raise V2Error(f"input '{tensor.name}': {tensor.shape[0]} rows exceed the limit of {max_rows}")
     flat = _flatten(tensor.data)
-    expected = tensor.shape[0] * N_FEATURES
+    expected = tensor.shape[0] * tensor.shape[1]
     if len(flat) != expected:
         raise V2Error(f"input '{tensor.name}': shape {tensor.shape} needs {expected} values, data has {len(flat)}")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
-        raise V2Error(f"input '{tensor.name}': every value must be a number (V2 has no null: send missing "
-                      "values through POST /api/v1/predict)")
+        raise V2Error(f"input '{tensor.name}': every value must be a number (V2 has no null: mark missing "
+                      f"values with the '{MISSING}' parameter)")
     try:
         matrix = np.asarray(flat, dtype=np.float64).reshape(tensor.shape)
     except OverflowError:  # an integer beyond float64
         matrix = np.full(tensor.shape, np.inf)
-    if not np.isfinite(matrix).all() or (np.abs(matrix) > FLOAT32_MAX).any():
+    sentinel = _missing_value(request)
+    if sentinel is not None:
+        matrix[matrix == sentinel] = np.nan
+    present = matrix[~np.isnan(matrix)] if sentinel is not None else matrix
+    if not np.isfinite(present).all() or (np.abs(present) > FLOAT32_MAX).any():
         raise V2Error(f"input '{tensor.name}': values must be finite and within float32's range "
                       f"(|x| <= {FLOAT32_MAX:.4g})")
     return matrix.astype(np.float32)
+
+
+def _missing_value(request: InferRequest) -> float | None:
+    tensor_parameters = request.inputs[0].parameters or {}
+    value = tensor_parameters.get(MISSING, (request.parameters or {}).get(MISSING))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:
+        raise V2Error(f"parameters.{MISSING}: a finite number within float32's range, got {value!r:.40}")
+    return float(value)
 
 
 def requested_outputs(request: InferRequest) -> list[str]:
@@ -123,10 +141,14 @@ def encode(model_name: str, version: str, request_id: str, probabilities: np.nda
                          outputs=[tensors[name] for name in outputs])
 
 
-def model_metadata(name: str, versions: list[str], platform: str) -> dict:
+def model_metadata(name: str, versions: list[str], platform: str, features: list[str]) -> dict:
+    """`features`: the input schema of the version asked about (or the default one)."""
+    shapes = [[-1, n] for n in WIDTHS if n <= len(features)]
     return {
         "name": name, "versions": versions, "platform": platform,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, N_FEATURES]}],
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, len(features)],
+                    "parameters": {"accepted_shapes": shapes, "feature_names": features,
+                                   MISSING: "optional number: data equal to it are missing values"}}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, N_CLASSES]},
                     {"name": "labels", "datatype": "BYTES", "shape": [-1]}],
     }

@@ -15,9 +15,11 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from registry import InvalidName, ModelRegistry, NotFound
+from runtimes.schema import KNOWN_FEATURES, N_FEATURES
 
 from .aliases import AliasResolver
 from .errors import BadRequest, ModelUnavailable, NotFoundError
+from .feature_rows import FeatureRows
 
 logger = logging.getLogger("ray.serve")
 DefaultRef = Callable[[str], Awaitable[str]]
@@ -98,13 +100,14 @@ class Versions:
             self._metadata[key] = metadata.model_dump()
         return self._metadata[key]
 
-    async def check_input(self, model: str, version: str, rows: np.ndarray) -> None:
-        """Rows must have the version's own feature count. A registry that cannot be read now
-        leaves the check to the replica, which refuses rows its runtime cannot take."""
+    async def check_input(self, model: str, version: str, rows: FeatureRows) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The rows projected onto the version's own features (feature_rows.py has the rule), and
+        those features. A registry that cannot be read now leaves the check to the replica, which
+        refuses rows its runtime cannot take."""
         try:
-            expected = (await self.metadata(model, version))["input_schema"]["features"]
+            schema = (await self.metadata(model, version))["input_schema"]
         except ModelUnavailable:
-            return
-        if rows.ndim != 2 or rows.shape[1] != expected:
-            raise BadRequest(f"features: {model} {version} takes {expected} features per row, "
-                             f"got {rows.shape[-1] if rows.ndim else 0}")
+            width = max(rows.positional, default=N_FEATURES)
+            return np.ascontiguousarray(rows.values[:, :width]), KNOWN_FEATURES[:width]
+        names = tuple(schema.get("feature_names") or KNOWN_FEATURES[:schema["features"]])
+        return rows.for_version(names, f"{model} {version}"), names

@@ -26,15 +26,15 @@ def replica_pids(node, deployment: str) -> list[int]:
 def test_ensemble_degrades_then_recovers_when_a_model_dies(serve_app):
     """keras_cnn first hangs (SIGSTOP: its calls time out, so the degraded period does not depend
     on how fast a replacement starts), then dies (SIGKILL) and Serve replaces it."""
-    row = as_json_row(held_out(1)[0])
-    assert requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=30).json()["ensemble"][
+    row = as_json_row(held_out(1)[0])  # 1.1.0: no fitted record, so every family votes, keras_cnn too
+    assert requests.post(PREDICT, json={"features": row, "model": "ensemble", "version": "1.1.0"}, timeout=30).json()["ensemble"][
         "degraded"] is False
     pids = replica_pids(serve_app, "keras_cnn")
     assert pids
     ensemble, alone, health = [], [], []
 
     def probe() -> None:
-        response = requests.post(PREDICT, json={"features": row, "model": "ensemble"}, timeout=60)
+        response = requests.post(PREDICT, json={"features": row, "model": "ensemble", "version": "1.1.0"}, timeout=60)
         ensemble.append((response.status_code, response.json()))
         lone = requests.post(PREDICT, json={"features": row, "model": "keras_cnn"}, timeout=60)
         alone.append((lone.status_code, lone.headers.get("Retry-After"), lone.json()))

@@ -24,8 +24,12 @@ def test_server_metadata_and_health(serve_app):
 @pytest.mark.parametrize("name", ["xgboost", "random_forest", "keras_cnn", "ensemble"])
 def test_model_metadata_and_readiness(serve_app, name):
     metadata = requests.get(f"{V2}/models/{name}", timeout=10).json()
-    assert metadata["name"] == name and metadata["versions"] == ["1.0.0", "1.1.0"]
-    assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 36]}]
+    assert metadata["name"] == name and metadata["versions"] == ["1.0.0", "1.1.0", "2.0.0", "2.1.0"]
+    (inputs,) = metadata["inputs"]  # the default version's schema (1.0.0: the 36 table features)
+    assert (inputs["name"], inputs["datatype"], inputs["shape"]) == ("features", "FP32", [-1, 36])
+    assert inputs["parameters"]["accepted_shapes"] == [[-1, 36]] and len(inputs["parameters"]["feature_names"]) == 36
+    wide = requests.get(f"{V2}/models/{name}/versions/2.1.0", timeout=10).json()["inputs"][0]
+    assert wide["shape"] == [-1, 69] and wide["parameters"]["accepted_shapes"] == [[-1, 36], [-1, 69]]
     assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
         "probabilities": ("FP32", [-1, 3]), "labels": ("BYTES", [-1])}
     assert requests.get(f"{V2}/models/{name}/versions/1.1.0", timeout=10).json()["name"] == name

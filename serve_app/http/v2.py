@@ -54,7 +54,10 @@ async def metadata(name: str, request: Request, version: str | None = None):
     if version is not None and version not in versions:
         raise codec.V2Error(f"model {name!r} has no version {version!r} (versions: {', '.join(versions)})")
     platform = "kepler-serve-ensemble" if name == "ensemble" else f"kepler-serve-{name}"
-    return codec.model_metadata(name, versions, platform)
+    service, member = ingress(request), _members(request, name)[-1]
+    served = await service.versions.resolve(member, version)
+    schema = (await service.versions.metadata(member, served))["input_schema"]
+    return codec.model_metadata(name, versions, platform, schema["feature_names"])
 
 
 @router.get("/models/{name}/ready")
