@@ -120,6 +120,8 @@ def measure_kepler(key: str, row: list[float], count: int, only_routes: set[str]
     routes = {f"{m}": ("POST", predict, {"features": row, "model": m}) for m in (*MODEL_NAMES, "ensemble")}
     routes["batch32 ensemble"] = ("POST", batch, {"instances": [row] * 32, "model": "ensemble"})
     routes["v2 xgboost"] = ("POST", f"{SERVE_URL}/v2/models/xgboost/infer", v2_body)
+    # The catalogue lookup (name -> 69 features) in front of the same path.
+    routes["xgboost by KOI name"] = ("POST", predict, {"koi": "Kepler-227 b", "model": "xgboost"})
     results = {}
     for route, (method, url, body) in routes.items():
         if only_routes and route not in only_routes:
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SERVERS), help=f"servers to measure, of {','.join(SERVERS)}")
     parser.add_argument("--skip-mlserver", action="store_true", help="the same as leaving mlserver out of --only")
     parser.add_argument("--routes", default="", help="kepler-serve routes to measure (default: all), "
-                                                     "e.g. 'xgboost,ensemble,batch32 ensemble,v2 xgboost'")
+                                                     "e.g. 'xgboost,ensemble,batch32 ensemble,v2 xgboost,xgboost by KOI name'")
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
                         help="Serve's HAProxy ingress (configs/ingress.env) or its Python proxy actor")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", dest="overrides",

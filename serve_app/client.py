@@ -23,7 +23,7 @@ A `session` passed in gets the retrying adapter mounted on it for http:// and ht
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import requests
@@ -78,27 +78,46 @@ class KeplerConnectionError(requests.ConnectionError, ConnectionError):
     """The server could not be reached (or stopped answering) after every retry."""
 
 
+class _Answer:
+    @classmethod
+    def of(cls, body: dict):
+        """Fields this client knows; the rest (from a newer server) kept in `extra`, never an error."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in body.items() if k in known},
+                   extra={k: v for k, v in body.items() if k not in known})
+
+
 @dataclass
-class Prediction:
+class Prediction(_Answer):
     prediction: str
     probabilities: dict[str, float] | None
     model: str
     version: str
     request_id: str
     latency_ms: float
+    variant: str | None = None
     ensemble: dict | None = None
     all_models: list[dict] | None = None
+    missing_features: list[str] | None = None  # what the version needed and the row lacked
+    koi: str | None = None  # asked by name: the KOI, its archive disposition, the catalogue used
+    disposition: str | None = None
+    in_training_set: bool | None = None
+    catalogue_version: str | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
-class BatchPrediction:
+class BatchPrediction(_Answer):
     predictions: list[dict]
     model: str
     version: str
     request_id: str
     latency_ms: float
+    variant: str | None = None
     ensemble: dict | None = None
     all_models: dict | None = None
+    catalogue_version: str | None = None
+    extra: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -142,13 +161,18 @@ class KeplerClient:
                 version: str | None = None, return_all_models: bool = False) -> Prediction:
         body = {"features": list(features) if not isinstance(features, dict) else features, "model": model,
                 "version": version, "return_all_models": return_all_models}
-        return Prediction(**self._request("POST", "/api/v1/predict", body))
+        return Prediction.of(self._request("POST", "/api/v1/predict", body))
+
+    def predict_koi(self, name: str | int, model: str = "auto", version: str | None = None) -> Prediction | BatchPrediction:
+        """By name (K00752.01, Kepler-227 b); a KIC id answers for each KOI of that star, as a batch."""
+        body = self._request("POST", "/api/v1/predict", {"koi": name, "model": model, "version": version})
+        return BatchPrediction.of(body) if "predictions" in body else Prediction.of(body)
 
     def predict_batch(self, instances: Sequence, model: str = "auto", version: str | None = None,
                       return_all_models: bool = False) -> BatchPrediction:
         body = {"instances": [dict(r) if isinstance(r, dict) else list(r) for r in instances], "model": model,
                 "version": version, "return_all_models": return_all_models}
-        return BatchPrediction(**self._request("POST", "/api/v1/predict/batch", body))
+        return BatchPrediction.of(self._request("POST", "/api/v1/predict/batch", body))
 
     def models(self) -> dict:
         return self._request("GET", "/api/v1/models")

@@ -24,6 +24,7 @@ from .dispatcher import Dispatcher
 from .errors import Conflict, ModelUnavailable, NotFoundError, Overloaded, ReplicaGone, ServingError
 from .http import APP_VERSION, build_http_app
 from .http.middleware import Gate
+from .koi import KOIService
 from .metrics import RouterMetrics
 from .model_calls import ModelCalls
 from .ray_internals import current_request_id
@@ -54,6 +55,7 @@ class Router:
         self.traffic = Traffic()
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
+        self.kois = KOIService(self.registry, self.settings.catalogue)
         self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
         self._syncing: asyncio.Task | None = None
         self.app_version = APP_VERSION
@@ -80,6 +82,7 @@ class Router:
             logger.warning("AUTHENTICATION IS OFF: predictions, listings and docs are open to anyone who can "
                            "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
         self.dispatcher.configure(self.settings)
+        self.kois.configure(self.settings.catalogue)
 
     async def check_health(self) -> None:
         self.ensure_syncing()

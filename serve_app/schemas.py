@@ -1,23 +1,23 @@
-"""Request and response types of the REST API (/api/v1). Values are checked once, on the whole
-matrix: NaN, Infinity, 1e309, integers beyond float64 and numbers beyond float32's range are
-422s naming the row and the feature."""
+"""Request and response types of the REST API (/api/v1). Rows are parsed by feature_rows.py
+(which lengths and names are accepted, and the value checks) into FeatureRows."""
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, StrictStr, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from registry.versions import check_alias, is_version
-from runtimes.schema import FEATURE_INDEX, FEATURES, LABELS, N_FEATURES
+from runtimes.schema import FEATURES, LABELS
+
+from .feature_rows import ACCEPTED, FeatureRows, RowError, parse_rows
 
 Number = StrictFloat | StrictInt
 Features = list[Number | None] | dict[str, Number | None]
 ModelChoice = Literal["auto", "ensemble", "keras_cnn", "xgboost", "random_forest"]
 
-FEATURES_HELP = (f"{N_FEATURES} numbers (null = missing) in schema order ({', '.join(FEATURES[:3])}, ...), "
+FEATURES_HELP = (f"{ACCEPTED} numbers (null = missing) in schema order ({', '.join(FEATURES[:3])}, ...), "
                  "or an object keyed by feature name (absent or null = missing). See GET /api/v1/schema.")
 
 
@@ -39,94 +39,51 @@ class _Request(BaseModel):
         return version
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _row(features: list | dict) -> list:
-    """One row in schema order, None for missing; ValueError names the offending field."""
-    if isinstance(features, dict):
-        unknown = [k for k in features if k not in FEATURE_INDEX]
-        if unknown:
-            raise ValueError(f"unknown feature name(s) {unknown[:5]}; expected names from the schema")
-        row: list = [None] * N_FEATURES
-        for name, value in features.items():
-            row[FEATURE_INDEX[name]] = value
-        return row
-    if len(features) != N_FEATURES:
-        raise ValueError(f"expected {N_FEATURES} values in schema order, got {len(features)}")
-    return features
-
-
-class RowError(ValueError):
-    def __init__(self, row: int, message: str):
-        super().__init__(message)
-        self.row = row
-
-
-def features_matrix(rows: list[list | dict]) -> np.ndarray:
-    """Rows as the float32 matrix the models compute in, NaN for missing. Every present value must
-    be finite and within float32's range (|x| <= 3.4e38): anything else is a RowError naming the
-    row and the feature, never an infinity reaching a model. Checked on the whole matrix at once."""
-    ordered = []
-    for i, features in enumerate(rows):
-        try:
-            ordered.append(_row(features))
-        except ValueError as e:
-            raise RowError(i, str(e)) from None
-    try:
-        matrix = np.array(ordered, dtype=np.float64)  # None -> NaN
-    except OverflowError:  # an integer beyond float64
-        matrix = None
-    if matrix is not None and not np.isinf(matrix).any() and not (np.abs(matrix) > FLOAT32_MAX).any() \
-            and int(np.isnan(matrix).sum()) == sum(row.count(None) for row in ordered):
-        return matrix.astype(np.float32)
-    for i, row in enumerate(ordered):  # the slow path, for the message only
-        for j, value in enumerate(row):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(float_or_inf(value))
-                                          and abs(float(value)) <= FLOAT32_MAX):
-                raise RowError(i, f"{FEATURES[j]} (position {j}): {value!r:.40} is not a finite number "
-                                  f"within float32's range (|x| <= {FLOAT32_MAX:.4g})")
-    raise AssertionError("unreachable")
-
-
-def float_or_inf(value: int | float) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
+KOIName = StrictStr | StrictInt
+KOI_HELP = ("a KOI (K00752.01, KOI-752.01, 752.01), a Kepler name (Kepler-227 b) or a KIC id (10797460: every "
+            "KOI of that star), looked up in the KOI catalogue")
 
 
 class PredictRequest(_Request):
-    features: Features = Field(..., description=FEATURES_HELP)
-    _matrix: np.ndarray = PrivateAttr()
+    features: Features | None = Field(None, description=FEATURES_HELP)
+    koi: KOIName | None = Field(None, description=f"instead of features: {KOI_HELP}")
+    _rows: FeatureRows | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _rows(self) -> "PredictRequest":
-        try:
-            self._matrix = features_matrix([self.features])
-        except ValueError as e:
-            raise PydanticCustomError("value_error", "features: {reason}", {"reason": str(e)}) from None
+    def _parse(self) -> "PredictRequest":
+        if (self.features is None) == (self.koi is None):
+            raise PydanticCustomError("value_error", "features or koi: give exactly one of them")
+        if self.features is not None:
+            try:
+                self._rows = parse_rows([self.features])
+            except ValueError as e:
+                raise PydanticCustomError("value_error", "features: {reason}", {"reason": str(e)}) from None
         return self
 
-    def matrix(self) -> np.ndarray:
-        return self._matrix
+    def rows(self) -> FeatureRows | None:
+        """The parsed rows; None when the request names a KOI instead."""
+        return self._rows
 
 
 class BatchPredictRequest(_Request):
-    instances: list[Features] = Field(..., min_length=1, description=f"rows, each {FEATURES_HELP}")
-    _matrix: np.ndarray = PrivateAttr()
+    instances: list[Features] | None = Field(None, min_length=1, description=f"rows, each {FEATURES_HELP}")
+    kois: list[KOIName] | None = Field(None, min_length=1, description=f"instead of instances: each {KOI_HELP}")
+    _rows: FeatureRows | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _rows(self) -> "BatchPredictRequest":
-        try:
-            self._matrix = features_matrix(self.instances)
-        except RowError as e:
-            raise PydanticCustomError("value_error", "instances[{row}]: {reason}", {"row": e.row, "reason": str(e)}) \
-                from None
+    def _parse(self) -> "BatchPredictRequest":
+        if (self.instances is None) == (self.kois is None):
+            raise PydanticCustomError("value_error", "instances or kois: give exactly one of them")
+        if self.instances is not None:
+            try:
+                self._rows = parse_rows(self.instances)
+            except RowError as e:
+                raise PydanticCustomError("value_error", "instances[{row}]: {reason}",
+                                          {"row": e.row, "reason": str(e)}) from None
         return self
 
-    def matrix(self) -> np.ndarray:
-        return self._matrix
+    def rows(self) -> FeatureRows | None:
+        return self._rows
 
 
 class ModelAnswer(BaseModel):
@@ -142,6 +99,13 @@ class EnsembleInfo(BaseModel):
     weights: dict[str, float]
     degraded: bool = Field(description="true when a member was skipped (breaker open or failing)")
     skipped: dict[str, str] = Field(default_factory=dict, description="member -> why it did not vote")
+    record: str | None = Field(None, description="the version whose fitted ensemble record voted (members "
+                                                 "called at that version); null: the configured weights")
+    temperatures: dict[str, float] | None = Field(None, description="per-member temperature scaling applied "
+                                                                    "before the weighted average")
+
+
+MISSING_HELP = "features the answering version needs that the row lacked (answered from training medians)"
 
 
 class PredictResponse(BaseModel):
@@ -149,6 +113,11 @@ class PredictResponse(BaseModel):
     request_id: str
     prediction: str = Field(description=f"one of {', '.join(LABELS)}")
     probabilities: dict[str, float] | None = None
+    missing_features: list[str] | None = Field(None, description=MISSING_HELP)
+    koi: str | None = Field(None, description="the KOI asked about, when asked by name")
+    disposition: str | None = Field(None, description="its archive disposition in the catalogue")
+    in_training_set: bool | None = Field(None, description="whether the answering version was trained on its star")
+    catalogue_version: str | None = None
     model: str
     version: str
     variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")
@@ -160,12 +129,17 @@ class PredictResponse(BaseModel):
 class BatchItem(BaseModel):
     prediction: str
     probabilities: dict[str, float] | None = None
+    missing_features: list[str] | None = Field(None, description=MISSING_HELP)
+    koi: str | None = None
+    disposition: str | None = None
+    in_training_set: bool | None = None
 
 
 class BatchPredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     request_id: str
     predictions: list[BatchItem]
+    catalogue_version: str | None = None
     model: str
     version: str
     variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")

@@ -16,7 +16,12 @@ def test_client_against_the_application(serve_app):
     client = KeplerClient(SERVE_URL, timeout=30)
     result = client.predict(as_json_row(held_out(1)[0]), model="ensemble", return_all_models=True)
     assert result.model == "ensemble" and result.prediction in result.probabilities
-    assert len(result.all_models) == 3
+    assert len(result.all_models) == 2 and result.version == "2.1.0"  # the fitted record's tree members
+    assert set(result.missing_features or []) >= {"koi_max_mult_ev"}  # 36 values: the diagnostics missing
+    koi = client.predict_koi("Kepler-227 b", model="xgboost", version="2.1.0")
+    assert koi.koi == "K00752.01" and koi.disposition == "CONFIRMED" and koi.catalogue_version == "1.0.0"
+    star = client.predict_koi(10797460, model="xgboost", version="2.1.0")
+    assert [p["koi"] for p in star.predictions][0] == "K00752.01"
     by_name = client.predict({"koi_period": 9.49, "koi_depth": 615.8}, model="xgboost", version="latest")
     assert by_name.version == "1.1.0"
     batch = client.predict_batch([as_json_row(r) for r in held_out(4)], model="random_forest")

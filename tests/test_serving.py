@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from runtimes import LABELS, load
-from runtimes.schema import FEATURES
+from runtimes.ensemble import EnsembleRecord, combine
+from runtimes.schema import DIAGNOSTICS, FEATURES
 from training.data import CURRENT, load_snapshot
 
 from .ray_cluster import SERVE_URL
@@ -45,7 +46,7 @@ def test_health_reports_every_configured_version(serve_app):
 def test_models_listing_has_versions_and_aliases(serve_app):
     models = requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).json()
     for name in ("keras_cnn", "xgboost", "random_forest"):
-        assert models[name]["versions"] == ["1.0.0", "1.1.0"]
+        assert models[name]["versions"] == ["1.0.0", "1.1.0", "2.0.0", "2.1.0"]
         assert models[name]["aliases"] == {"stable": "1.0.0", "latest": "1.1.0"}
 
 
@@ -54,7 +55,9 @@ def test_single_prediction_shape(serve_app, model):
     response = post(PREDICT, {"features": as_json_row(held_out(1)[0]), "model": model})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["prediction"] in LABELS and body["model"] == model and body["version"] == "1.0.0"
+    # The ensemble's default is its own `stable` alias: the fitted 2.1.0 record and its members at 2.1.0.
+    assert body["prediction"] in LABELS and body["model"] == model
+    assert body["version"] == ("2.1.0" if model == "ensemble" else "1.0.0")
     assert set(body["probabilities"]) == set(LABELS)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["request_id"] and body["latency_ms"] > 0
@@ -89,15 +92,33 @@ def test_features_by_name_equal_features_in_order(serve_app):
 
 
 def test_ensemble_is_the_weighted_soft_vote_of_its_members(serve_app):
-    body = post(PREDICT, {"features": as_json_row(held_out(1, 5)[0]), "model": "ensemble",
+    """1.1.0 has no fitted record: the configured (equal) weights over every family."""
+    body = post(PREDICT, {"features": as_json_row(held_out(1, 5)[0]), "model": "ensemble", "version": "1.1.0",
                           "return_all_models": True}).json()
-    assert body["ensemble"]["degraded"] is False
+    assert body["ensemble"]["degraded"] is False and body["ensemble"].get("record") is None
     assert sorted(body["ensemble"]["members"]) == ["keras_cnn", "random_forest", "xgboost"]
     members = {a["model"]: a for a in body["all_models"]}
     weights = body["ensemble"]["weights"]
     for label in LABELS:
         vote = sum(weights[m] * members[m]["probabilities"][label] for m in members) / sum(weights.values())
         assert body["probabilities"][label] == pytest.approx(vote, abs=1e-6)
+
+
+def test_the_default_ensemble_is_the_fitted_record_over_its_version(serve_app, trained_registry):
+    """No version named: the ensemble's stable alias (2.1.0), its record's weights and temperatures,
+    every member called at 2.1.0, and the answer equal to the record applied offline."""
+    rows = held_out(20, 3)
+    record = EnsembleRecord.from_json(trained_registry.read_file("ensemble", "2.1.0", "ensemble.json"))
+    offline = combine(record, {m: load(m, trained_registry.pull(m, "2.1.0")).predict_proba(
+        np.hstack([rows, np.full((len(rows), 33), np.nan, dtype=np.float32)])) for m in record.members})
+    body = post(BATCH, {"instances": [as_json_row(r) for r in rows], "model": "ensemble",
+                        "return_all_models": True}).json()
+    assert body["version"] == "2.1.0" and body["ensemble"]["record"] == "2.1.0"
+    assert body["ensemble"]["weights"] == record.weights and body["ensemble"]["temperatures"] == record.temperatures
+    assert sorted(body["all_models"]) == sorted(record.members)
+    served = np.array([[p["probabilities"][label] for label in LABELS] for p in body["predictions"]])
+    np.testing.assert_allclose(served, offline, atol=1e-6)
+    assert all(set(DIAGNOSTICS) <= set(p["missing_features"]) for p in body["predictions"])  # 36 values sent
 
 
 def test_return_probabilities_false_leaves_them_out(serve_app):
@@ -151,8 +172,8 @@ BAD_REQUESTS = [
     ("NaN token", b'{"features": [NaN' + b', 1' * 35 + b']}', "features"),
     ("Infinity token", b'{"features": [Infinity' + b', 1' * 35 + b']}', "features"),
     ("1e309", b'{"features": [1e309' + b', 1' * 35 + b']}', "features"),
-    ("35 features", json.dumps({"features": [1.0] * 35}).encode(), "expected 36 values"),
-    ("37 features", json.dumps({"features": [1.0] * 37}).encode(), "expected 36 values"),
+    ("35 features", json.dumps({"features": [1.0] * 35}).encode(), "expected 36 (the table features) or 69"),
+    ("37 features", json.dumps({"features": [1.0] * 37}).encode(), "expected 36 (the table features) or 69"),
     ("unknown name", json.dumps({"features": {"koi_period": 1, "koi_nonsense": 2}}).encode(), "koi_nonsense"),
     ("a string", json.dumps({"features": _row(i3="big")}).encode(), "features[3]"),
     ("a boolean", json.dumps({"features": _row(i4=True)}).encode(), "features[4]"),

@@ -1,5 +1,5 @@
-"""The HTTP surface, one module per protocol: rest (/api/v1), v2 (/v2), admin (experiments) and
-ops (health, metrics, docs). `build_http_app` assembles them for one ingress instance."""
+"""The HTTP surface, one module per protocol: rest (/api/v1), catalogue (KOIs by name, the
+candidates ranking), v2 (/v2), admin (experiments) and ops (health, metrics, docs). `build_http_app` assembles them for one ingress instance."""
 from __future__ import annotations
 
 from importlib.metadata import version as package_version
@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..auth import Authenticator
 from ..config import RouterSettings
-from . import admin, errors, ops, rest, v2
+from . import admin, catalogue, errors, ops, rest, v2
 from .middleware import AccessControl, BodyLimit, Gate, V2JsonBodies
 
 DESCRIPTION = "Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE."
@@ -24,7 +24,7 @@ def build_http_app(ingress, gate: Gate, version: str = APP_VERSION) -> FastAPI:
     app.state.ingress = ingress
     app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
               name="docs-assets")
-    for surface in (rest, v2, admin, ops):
+    for surface in (rest, catalogue, v2, admin, ops):
         app.include_router(surface.router)
     errors.install(app)
     app.add_middleware(V2JsonBodies)

@@ -7,10 +7,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from runtimes.schema import LABELS, input_schema, output_schema
+from runtimes.schema import KNOWN_FEATURES, LABELS, input_schema, output_schema
+from training.data import SPLIT
 
 from ..errors import BadRequest, NotFoundError
 from ..dispatcher import Answer
+from ..feature_rows import WIDTHS, FeatureRows
+from ..koi import koi_facts
 from ..schemas import BatchPredictRequest, BatchPredictResponse, ErrorResponse, PredictRequest, PredictResponse
 from ..versions import registry_call
 from .common import ingress, predict
@@ -19,14 +22,24 @@ ERRORS = {status: {"model": ErrorResponse} for status in (404, 422, 503)}
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 
-def answers(probabilities: np.ndarray, with_probabilities: bool) -> list[dict]:
+def answers(probabilities: np.ndarray, with_probabilities: bool, missing: list[list[str]] | None = None) -> list[dict]:
     """Rows of probabilities as the API's answers (plain dicts: the response is built once, not
-    validated again by FastAPI, which costs more than the model on a large batch)."""
+    validated again by FastAPI, which costs more than the model on a large batch), each with the
+    features its version needed and the row lacked."""
     classes = probabilities.argmax(axis=1).tolist()
     if not with_probabilities:
-        return [{"prediction": LABELS[c]} for c in classes]
-    return [{"prediction": LABELS[c], "probabilities": dict(zip(LABELS, row))}
-            for c, row in zip(classes, probabilities.tolist())]
+        rows = [{"prediction": LABELS[c]} for c in classes]
+    else:
+        rows = [{"prediction": LABELS[c], "probabilities": dict(zip(LABELS, row))}
+                for c, row in zip(classes, probabilities.tolist())]
+    for row, absent in zip(rows, missing or ()):
+        if absent:
+            row["missing_features"] = absent
+    return rows
+
+
+def _missing(rows: FeatureRows, answer: Answer) -> list[list[str]] | None:
+    return rows.missing(answer.features) if answer.features else None
 
 
 def _answer(answer: Answer, request_id: str, started: float, **fields) -> JSONResponse:
@@ -38,34 +51,94 @@ def _answer(answer: Answer, request_id: str, started: float, **fields) -> JSONRe
 
 @router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
 async def predict_one(body: PredictRequest, request: Request):
-    """Classify one KOI."""
+    """Classify one KOI, from its features or by its name (a KIC id answers for each of its KOIs,
+    in the batch answer's shape)."""
     started = time.perf_counter()
-    answer, ctx = await predict(request, "predict", body.model, body.version, body.matrix(), body.return_all_models)
-    members = [{"model": m.model, "version": m.version, **answers(m.probabilities, body.return_probabilities)[0]}
-               for _, m in sorted(answer.members.items())] if body.return_all_models else None
-    return _answer(answer, ctx.request_id, started, **answers(answer.probabilities, body.return_probabilities)[0],
-                   all_models=members)
+    if body.koi is not None:
+        return await _by_name(request, body, [body.koi], "koi", started)
+    rows = body.rows()
+    answer, ctx = await predict(request, "predict", body.model, body.version, rows, body.return_all_models)
+    return _answer(answer, ctx.request_id, started, **answers(answer.probabilities, body.return_probabilities,
+                                                               _missing(rows, answer))[0],
+                   all_models=_members_one(answer, body.return_all_models, body.return_probabilities))
 
 
 @router.post("/predict/batch", response_model=BatchPredictResponse, response_model_exclude_none=True)
 async def predict_batch(body: BatchPredictRequest, request: Request):
-    """Classify many KOIs in one call (up to the configured row limit)."""
-    limit = ingress(request).settings.max_batch_rows
-    if len(body.instances) > limit:
-        raise BadRequest(f"instances: {len(body.instances)} rows exceed the limit of {limit}")
+    """Classify many KOIs in one call (up to the configured row limit), from features or by name."""
     started = time.perf_counter()
-    answer, ctx = await predict(request, "predict_batch", body.model, body.version, body.matrix(),
-                                body.return_all_models)
-    members = {name: answers(m.probabilities, body.return_probabilities)
-               for name, m in sorted(answer.members.items())} if body.return_all_models else None
-    return _answer(answer, ctx.request_id, started, predictions=answers(answer.probabilities, body.return_probabilities),
-                   all_models=members)
+    if body.kois is not None:
+        return await _by_name(request, body, body.kois, "kois", started)
+    _within_limit(request, len(body.instances), "instances")
+    rows = body.rows()
+    answer, ctx = await predict(request, "predict_batch", body.model, body.version, rows, body.return_all_models)
+    return _answer(answer, ctx.request_id, started, all_models=_members_many(answer, body),
+                   predictions=answers(answer.probabilities, body.return_probabilities, _missing(rows, answer)))
+
+
+async def _by_name(request: Request, body, names: list, field: str, started: float) -> JSONResponse:
+    """The catalogue's rows for the named KOIs, through the same stages as any features."""
+    service = ingress(request)
+    catalogue, kois = await service.kois.resolve(names, field)
+    _within_limit(request, len(kois), field)
+    rows = FeatureRows(catalogue.features(kois), frozenset())
+    route = "predict" if field == "koi" else "predict_batch"
+    answer, ctx = await predict(request, route, body.model, body.version, rows, body.return_all_models)
+    facts = koi_facts(catalogue, kois, await _split_of(service, answer), SPLIT)
+    items = [{**item, **fact} for item, fact in zip(
+        answers(answer.probabilities, body.return_probabilities, _missing(rows, answer)), facts)]
+    if field == "koi" and len(kois) == 1:
+        return _answer(answer, ctx.request_id, started, **items[0], catalogue_version=catalogue.version,
+                       all_models=_members_one(answer, body.return_all_models, body.return_probabilities))
+    return _answer(answer, ctx.request_id, started, predictions=items, catalogue_version=catalogue.version,
+                   all_models=_members_many(answer, body))
+
+
+def _within_limit(request: Request, rows: int, field: str) -> None:
+    limit = ingress(request).settings.max_batch_rows
+    if rows > limit:
+        raise BadRequest(f"{field}: {rows} rows exceed the limit of {limit}")
+
+
+def _members_one(answer: Answer, wanted: bool, with_probabilities: bool) -> list[dict] | None:
+    if not wanted:
+        return None
+    return [{"model": m.model, "version": m.version, **answers(m.probabilities, with_probabilities)[0]}
+            for _, m in sorted(answer.members.items())]
+
+
+def _members_many(answer: Answer, body) -> dict | None:
+    if not body.return_all_models:
+        return None
+    return {name: answers(m.probabilities, body.return_probabilities) for name, m in sorted(answer.members.items())}
+
+
+async def _split_of(service, answer: Answer) -> str | None:
+    """The split rule the answering version was trained under, if its metadata can be read."""
+    model = answer.model if answer.model != "ensemble" else next(iter(sorted(answer.members)), None)
+    try:
+        return (await service.versions.metadata(model, answer.version))["training"].get("split")
+    except Exception:  # noqa: BLE001 - unreadable or a mixed version: unknown, said as null
+        return None
 
 
 @router.get("/schema")
-async def schema():
-    """The feature schema: names in order, dtype, and the labels."""
-    return {"input": input_schema(), "output": output_schema()}
+async def schema(request: Request, model: str | None = None, version: str | None = None):
+    """The input schema of `model` at `version` (default: the version it serves by default), the
+    positional lengths it accepts, and every feature name a request may use."""
+    if model is None and version is None:
+        inputs, served = input_schema(), None
+    else:
+        service = ingress(request)
+        name = model or "xgboost"
+        if name not in service.models:
+            raise BadRequest(f"model: unknown model {name!r}: expected one of {', '.join(service.models)}")
+        served = await service.versions.resolve(name, version)
+        inputs = (await service.versions.metadata(name, served))["input_schema"]
+        model = name
+    accepted = [n for n in WIDTHS if n <= inputs["features"]]
+    return {"model": model, "version": served, "input": inputs, "output": output_schema(),
+            "positional_lengths": accepted, "known_features": list(KNOWN_FEATURES)}
 
 
 @router.get("/models")
