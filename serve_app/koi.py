@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from registry import ModelRegistry, NotFound, RegistryError
+from runtimes.catalogue import DATASET, Catalogue, MalformedName, UnknownKOI
+from runtimes.out_of_fold import FILE_NAME as OUT_OF_FOLD, read_out_of_fold
 from runtimes.schema import LABELS
-from training.catalogue import NAME as DATASET
-from training.data import is_test_star
-from training.folds import FILE_NAME as OUT_OF_FOLD, read_out_of_fold
+from runtimes.split import is_test_star
 
-from .catalogue import Catalogue, MalformedName, UnknownKOI
 from .errors import BadRequest, ModelUnavailable, NotFoundError
 
 MAX_CANDIDATES = 5000

@@ -198,7 +198,8 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
     trained and published in full from the real data and signed, once."""
     marker_guard.require_marker("trained", "needs the trained registry")
     from registry.signing import SIGNATURE, load_private_key, sign
-    from training.train import train_all
+    from runtimes import MODEL_NAMES
+    from training.train import VERSION_PLAN, train_all
 
     root = tmp_path_factory.mktemp("trained")
     key = load_private_key(publisher_keys["private"])
@@ -212,7 +213,12 @@ def trained_registry(tmp_path_factory, publisher_keys) -> ModelRegistry:
                     manifest = registry.store.get(f"{kind}/{name}/v{version}/checksum.sha256")
                     registry.store.put(f"{kind}/{name}/v{version}/{SIGNATURE}", sign(manifest, key))
     else:
-        train_all(registry)
+        train_all(registry, versions=tuple(VERSION_PLAN))
+    # The serving tests compare two versions of one schema as stable and latest (canaries, alias
+    # moves); the bootstrap's own defaults (both 2.1.0) are asserted in test_models_2x.py.
+    for name in MODEL_NAMES:
+        registry.set_alias(name, "stable", "1.0.0")
+        registry.set_alias(name, "latest", "1.1.0")
     return registry
 
 

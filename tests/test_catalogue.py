@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from runtimes.schema import DIAGNOSTICS, FEATURES, LABELS, WITH_DIAGNOSTICS
-from serve_app.catalogue import Catalogue, InvalidCatalogue, MalformedName, UnknownKOI
+from runtimes.catalogue import Catalogue, InvalidCatalogue, MalformedName, UnknownKOI
 from training.catalogue import build_catalogue
 from training.data import SNAPSHOTS, data_dir
 
@@ -218,6 +218,6 @@ def test_an_unreadable_catalogue_is_refused(built, tmp_path):
 
 
 def test_lookup_imports_no_ray():
-    code = "import sys, serve_app.catalogue; print('ray' in sys.modules)"
+    code = "import sys, runtimes.catalogue; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

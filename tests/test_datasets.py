@@ -12,7 +12,7 @@ import pytest
 from registry import (AliasConflict, DatasetMetadata, IntegrityError, ModelRegistry, NotFound, RegistryError,
                       RegistryUnavailable, S3Store, VersionExists, signing, verify_directory)
 from registry.stores import LocalStore
-from serve_app.catalogue import Catalogue
+from runtimes.catalogue import Catalogue
 from training.catalogue import build_catalogue, publish_catalogue
 from training.registry_cli import main
 

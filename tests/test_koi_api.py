@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import requests
 
-from runtimes import LABELS
 from runtimes.schema import WITH_DIAGNOSTICS
 from training.data import CURRENT, is_test_star, load_snapshot
 from training.ensembles import member_out_of_fold

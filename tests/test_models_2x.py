@@ -109,3 +109,23 @@ def test_the_2019_recipe_ranks_the_2019_candidates_that_were_confirmed_by_2025_f
     result = precision_at(trained_registry, "ensemble", "2.0.0")
     assert result["candidates_2019"] == 2424 and result["confirmed_by_2025"] == 445
     assert result["precision_at_50"] >= 3 * result["base_rate"] and result["precision_at_100"] >= 3 * result["base_rate"]
+
+
+def test_a_bootstrap_points_every_family_and_the_ensemble_at_2_1_0_and_publishes_the_catalogue(
+        trained_registry, tmp_path, capsys):
+    """What `kepler-train` leaves in an empty registry, from versions already trained (copied, so
+    nothing is trained twice): the defaults requests without a version get."""
+    from registry import ModelRegistry
+    from registry.stores import LocalStore
+    from training.train import DEFAULT_VERSIONS, train_all
+
+    fresh = ModelRegistry(LocalStore(tmp_path / "registry"), tmp_path / "cache")
+    for name in ("xgboost", "random_forest", "keras_cnn", "ensemble"):
+        for version in DEFAULT_VERSIONS:
+            fresh.publish(name, version, trained_registry.pull(name, version))
+    assert train_all(fresh) == []  # everything there: only aliases and the catalogue left to do
+    for name in ("xgboost", "random_forest", "keras_cnn", "ensemble"):
+        assert fresh.aliases(name) == {"stable": "2.1.0", "latest": "2.1.0"}, name
+        assert fresh.versions(name) == ["2.0.0", "2.1.0"]
+    assert fresh.datasets.aliases("koi_catalogue") == {"stable": "1.0.0", "latest": "1.0.0"}
+    assert "already registered, skipping" in capsys.readouterr().err

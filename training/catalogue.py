@@ -1,7 +1,7 @@
 """The KOI catalogue: every KOI's names, its disposition in each bundled snapshot and its 69
 features, built from the bundled tables and published to the registry as dataset `koi_catalogue`.
 
-Serving looks KOIs up by name in it (serve_app/catalogue.py), so a client can ask about
+Serving looks KOIs up by name in it (runtimes/catalogue.py), so a client can ask about
 "Kepler-227 b" without sending 69 numbers. The bytes are deterministic: the same inputs always
 give the same catalogue.csv.gz, whoever builds it.
 """
@@ -20,15 +20,13 @@ import pandas as pd
 from registry import DatasetMetadata
 from registry.errors import AliasConflict, VersionExists
 from registry.registry import ModelRegistry
+from runtimes.catalogue import CATALOGUE_FILE, DATASET, IDENTITY
 from runtimes.schema import ARCHIVE_DISPOSITIONS, DIAGNOSTICS, FEATURES, LABELS, WITH_DIAGNOSTICS
 
-from .data import CURRENT, SNAPSHOTS, data_dir
+from .data import CURRENT, DIAGNOSTICS_FILE as DIAGNOSTICS_SOURCE, SNAPSHOTS, data_dir
 
-NAME = "koi_catalogue"
+NAME = DATASET
 VERSION = "1.0.0"
-CATALOGUE_FILE = "catalogue.csv.gz"
-DIAGNOSTICS_SOURCE = "koi_diagnostics_2022-12-28.csv.gz"
-IDENTITY = ("kepoi_name", "kepid", "kepler_name")
 DEFAULT_ALIASES = ("stable", "latest")
 _NOTES = {
     "2019-01-20": "NASA Exoplanet Archive KOI cumulative table, export of 2019-01-20: disposition_2019_01_20",

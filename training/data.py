@@ -1,7 +1,6 @@
 """The bundled KOI tables, the feature matrix, the labels and the star-hash split."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from runtimes.schema import ARCHIVE_DISPOSITIONS, DIAGNOSTICS, FEATURES
+from runtimes.split import SPLIT, TEST_PERCENT, VALIDATION_PERCENT, is_test_star, is_validation_star, star_bucket  # noqa: F401
 
 SNAPSHOTS = {
     "2019-01-20": "koi_cumulative_2019-01-20.csv.gz",
@@ -17,9 +17,6 @@ SNAPSHOTS = {
 }
 CURRENT = "2025-09-18"
 DIAGNOSTICS_FILE = "koi_diagnostics_2022-12-28.csv.gz"  # joined onto either snapshot by kepoi_name
-TEST_PERCENT = 20
-VALIDATION_PERCENT = 10  # carved from the training stars only, for tuning
-SPLIT = "test: KOIs whose host star has int(sha256(str(kepid)), 16) % 100 < 20; validation: 20..29; train: the rest"
 
 
 def data_dir() -> Path:
@@ -29,24 +26,6 @@ def data_dir() -> Path:
 
 def dataset_version(snapshot: str) -> str:
     return f"koi_cumulative_{snapshot}"
-
-
-def star_bucket(kepid: int) -> int:
-    """A stable bucket in [0, 100) for a host star: sha256 of the decimal kepid."""
-    return int(hashlib.sha256(str(int(kepid)).encode()).hexdigest(), 16) % 100
-
-
-def is_test_star(kepid: int) -> bool:
-    """The documented split: a KOI is in the test set exactly when its host star's bucket < 20.
-
-    Splitting by star, never by KOI: KOIs of one star share every stellar column, so a KOI-level
-    split would put near-copies of test rows into training.
-    """
-    return star_bucket(kepid) < TEST_PERCENT
-
-
-def is_validation_star(kepid: int) -> bool:
-    return TEST_PERCENT <= star_bucket(kepid) < TEST_PERCENT + VALIDATION_PERCENT
 
 
 @dataclass

@@ -15,11 +15,12 @@ import numpy as np
 from registry.errors import VersionExists
 from registry.registry import ModelRegistry
 from runtimes.ensemble import NAME, RECORD_FILE, EnsembleRecord, combine
+from runtimes.out_of_fold import FILE_NAME as OUT_OF_FOLD, read_out_of_fold
 from runtimes.schema import output_schema
 
 from .data import Snapshot, dataset_version
 from .ensemble_fit import fit_record
-from .folds import FILE_NAME as OUT_OF_FOLD, FOLD_MODELS, read_out_of_fold, write_rows
+from .folds import FOLD_MODELS, write_rows
 from .model_card import model_card
 from .plots import evaluation_plot
 

@@ -14,16 +14,14 @@ from typing import Callable
 
 import numpy as np
 
-from runtimes.schema import LABELS
+from runtimes.out_of_fold import COLUMNS, FILE_NAME
 
 from .data import Snapshot
 from .ensemble_fit import N_FOLDS, fold_ids, out_of_fold
 
-FILE_NAME = "out_of_fold.csv"
 # The CNN's five extra fits per version would double the bootstrap: the catalogue ranking and the
 # fitted ensembles use the tree families.
 FOLD_MODELS = ("xgboost", "random_forest")
-COLUMNS = ("kepoi_name", "kepid", "fold", *(f"p_{label}" for label in LABELS))
 
 
 def write_out_of_fold(directory: Path, snapshot: Snapshot, test_probabilities: np.ndarray,
@@ -47,13 +45,3 @@ def write_rows(directory: Path, snapshot: Snapshot, folds: np.ndarray, probabili
     path = Path(directory) / FILE_NAME
     path.write_text(buffer.getvalue())
     return path
-
-
-def read_out_of_fold(data: bytes) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(KOI names, fold labels, probabilities [n, 3]) from a stored file."""
-    rows = list(csv.reader(io.StringIO(data.decode())))
-    if tuple(rows[0]) != COLUMNS:
-        raise ValueError(f"{FILE_NAME}: unexpected columns {rows[0]}")
-    body = rows[1:]
-    return ([r[0] for r in body], np.array([r[2] for r in body]),
-            np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float64))

@@ -195,7 +195,7 @@ def cmd_dataset_validate(registry: ModelRegistry, args) -> None:
 def _validate_catalogue(directory: Path, version: str, metadata) -> None:
     """Loading checks the columns serving needs (names, dispositions, the 69 features); the rows
     and the column order must also be those the metadata records."""
-    from serve_app.catalogue import Catalogue, InvalidCatalogue
+    from runtimes.catalogue import Catalogue, InvalidCatalogue
     from training.catalogue import CATALOGUE_FILE
 
     expected = metadata.files[CATALOGUE_FILE]

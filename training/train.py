@@ -3,9 +3,10 @@
 Version history: 1.0.0 learns the 2019-01-20 labels and 1.1.0 the 2025-09-18 labels from the 36
 table features; 2.0.0 and 2.1.0 learn the same labels from those plus the 33 vetting diagnostics,
 and each 2.x tree model also stores out-of-fold predictions for every KOI (five star folds), from
-which the version's ensemble is fitted. `stable` points at 1.0.0 and `latest` at 1.1.0 when those
-aliases are not set yet. Versions already in the registry are skipped, so running it twice (or on
-every quickstart) is harmless.
+which the version's ensemble is fitted. By default it registers 2.0.0 and 2.1.0 (ask for 1.x with
+--versions), points `stable` and `latest` at 2.1.0 where unset, and publishes the KOI catalogue.
+Versions already in the registry are skipped, so running it twice (or on every quickstart) is
+harmless.
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ VERSION_PLAN = {
     "2.0.0": Plan("2019-01-20", "table+diagnostics", folds=True),
     "2.1.0": Plan("2025-09-18", "table+diagnostics", folds=True),
 }
-DEFAULT_ALIASES = {"stable": "1.0.0", "latest": "1.1.0"}
-ENSEMBLE_ALIASES = {"stable": "2.1.0", "latest": "2.1.0"}  # the fitted ensembles exist from 2.0.0 on
+# What a bootstrap registers: the current generation. 1.x stays in the plan, trained on request.
+DEFAULT_VERSIONS = ("2.0.0", "2.1.0")
+# Requests that name no version get the best validated version: 2.1.0 (diagnostics, 2025 labels).
+DEFAULT_ALIASES = {"stable": "2.1.0", "latest": "2.1.0"}
 MISSING_VALUES = ("missing diagnostics are replaced by their training-star medians in every family, so no model "
                   "learns from a diagnostic's absence (which marks KOIs outside the DR25 run, or without a "
                   "Robovetter score); missing table values: XGBoost routes NaN natively, the forest and the CNN "
@@ -140,8 +143,8 @@ def evaluate_versions(snapshots: dict[str, Snapshot], test: np.ndarray, probabil
     return every, subset
 
 
-def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress, aliases=DEFAULT_ALIASES) -> None:
-    for alias, version in aliases.items():
+def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress) -> None:
+    for alias, version in DEFAULT_ALIASES.items():
         if not registry.exists(name, version):
             continue
         try:
@@ -151,7 +154,7 @@ def set_default_aliases(registry: ModelRegistry, name: str, progress: Progress, 
             progress(f"{name}: {alias} already points at {registry.get_alias(name, alias).version}, left as is")
 
 
-def train_all(registry: ModelRegistry, models=MODEL_NAMES, versions=tuple(VERSION_PLAN), seed: int = 0,
+def train_all(registry: ModelRegistry, models=MODEL_NAMES, versions=DEFAULT_VERSIONS, seed: int = 0,
               fast: bool = False, progress: Progress | None = None) -> list[dict]:
     progress = progress or Progress()
     snapshots = {name: load_snapshot(name) for name in SNAPSHOTS}
@@ -169,7 +172,7 @@ def train_all(registry: ModelRegistry, models=MODEL_NAMES, versions=tuple(VERSIO
     for name in models:
         set_default_aliases(registry, name, progress)
     if set(FOLD_MODELS) <= set(models):
-        set_default_aliases(registry, ENSEMBLE, progress, ENSEMBLE_ALIASES)
+        set_default_aliases(registry, ENSEMBLE, progress)
     publish_catalogue(registry, progress=progress)  # the KOIs by name, beside the models that score them
     progress(f"done: {len(published)} version(s) registered in {registry.store.description}")
     return published
@@ -182,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signing-key", help="Ed25519 private key (PEM) signing each version (default: "
                                               "$KEPLER_SIGNING_KEY)")
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
-    parser.add_argument("--versions", default=",".join(VERSION_PLAN), help="comma-separated versions to train")
+    parser.add_argument("--versions", default=",".join(DEFAULT_VERSIONS),
+                        help=f"comma-separated versions to train, of {', '.join(VERSION_PLAN)} (default: "
+                             f"{', '.join(DEFAULT_VERSIONS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true", help="few trees and epochs: for tests")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from runtimes.schema import KNOWN_FEATURES, LABELS, input_schema, output_schema
-from training.data import SPLIT
+from runtimes.split import SPLIT
 
 from ..errors import BadRequest, NotFoundError
 from ..dispatcher import Answer

@@ -18,6 +18,7 @@ import pandas as pd
 
 from runtimes.schema import LABELS, WITH_DIAGNOSTICS
 
+DATASET = "koi_catalogue"  # the registry dataset holding it
 CATALOGUE_FILE = "catalogue.csv.gz"
 IDENTITY = ("kepoi_name", "kepid", "kepler_name")
 DISPOSITION_PREFIX = "disposition_"  # then the snapshot's date, e.g. disposition_2025_09_18
