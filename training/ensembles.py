@@ -6,22 +6,20 @@ calling the members' version V."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from registry.errors import VersionExists
 from registry.registry import ModelRegistry
-from runtimes.ensemble import NAME, RECORD_FILE, EnsembleRecord, combine
+from runtimes.ensemble import NAME, RECORD_FILE, combine
 from runtimes.out_of_fold import FILE_NAME as OUT_OF_FOLD, read_out_of_fold
 from runtimes.schema import output_schema
 
 from .data import Snapshot, dataset_version
 from .ensemble_fit import fit_record
 from .folds import FOLD_MODELS, write_rows
-from .model_card import model_card
+from .publishing import performance, publish_version
 from .plots import evaluation_plot
 
 EXCLUDED = {"keras_cnn": "no out-of-fold predictions: five more CNN fits per version would double the bootstrap"}
@@ -70,17 +68,11 @@ def publish_ensemble(registry: ModelRegistry, version: str, snapshot: Snapshot, 
                          "method": record.method, "fitted_on": record.fitted_on,
                          "out_of_fold": {"file": OUT_OF_FOLD, "rule": "the members' out-of-fold predictions, "
                                          "combined with this record"}},
-            "performance": {k: own[k] for k in ("accuracy", "precision", "recall", "f1_score", "roc_auc",
-                                                "averaging", "evaluated_against", "test_samples")},
+            "performance": performance(own),
             "evaluations": evaluations, "evaluations_complete_diagnostics": complete,
             "input_schema": member_meta.input_schema.model_dump(), "output_schema": output_schema(),
         }
-        (directory / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
-        (directory / "MODEL_CARD.md").write_text(model_card(metadata))
-        try:
-            registry.publish(NAME, version, directory)
-        except VersionExists:
-            progress(f"{NAME} {version}: registered meanwhile by another publisher, skipping")
+        if not publish_version(registry, directory, metadata, progress):
             return None
     weights = ", ".join(f"{m} {w:.2f} (T={record.temperatures[m]:.2f})" for m, w in record.weights.items())
     progress(f"{NAME} {version}: registered ({weights}); against {own['evaluated_against']}: accuracy "
@@ -88,6 +80,3 @@ def publish_ensemble(registry: ModelRegistry, version: str, snapshot: Snapshot, 
              f"ECE {own['expected_calibration_error']:.3f}")
     return metadata
 
-
-def load_record(directory: Path) -> EnsembleRecord:
-    return EnsembleRecord.from_json((Path(directory) / RECORD_FILE).read_bytes())

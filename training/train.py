@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from registry import RegistryConfig, RegistryError
-from registry.errors import AliasConflict, VersionExists
+from registry.errors import AliasConflict
 from registry.registry import ModelRegistry
 from runtimes import MODEL_NAMES, runtime_class
 from runtimes.schema import FEATURE_SETS, input_schema, output_schema
@@ -32,7 +31,7 @@ from .data import SNAPSHOTS, SPLIT, Snapshot, dataset_version, load_snapshot
 from .ensembles import NAME as ENSEMBLE, publish_ensemble
 from .evaluate import evaluate
 from .folds import FOLD_MODELS, write_out_of_fold
-from .model_card import model_card
+from .publishing import performance, publish_version
 from .plots import evaluation_plot
 
 
@@ -111,18 +110,12 @@ def train_version(registry: ModelRegistry, name: str, version: str, snapshots: d
             "training": {"dataset_version": dataset_version(snapshot.name), "training_samples": facts.pop("training_samples"),
                          "epochs": facts.pop("epochs"), "seed": seed, "fast": fast, "split": SPLIT,
                          "feature_set": plan.feature_set, "missing_values": MISSING_VALUES, **facts, **extra},
-            "performance": {k: own[k] for k in ("accuracy", "precision", "recall", "f1_score", "roc_auc",
-                                                "averaging", "evaluated_against", "test_samples")},
+            "performance": performance(own),
             "evaluations": evaluations,
             "evaluations_complete_diagnostics": complete,
             "input_schema": input_schema(features), "output_schema": output_schema(),
         }
-        (directory / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
-        (directory / "MODEL_CARD.md").write_text(model_card(metadata))
-        try:
-            registry.publish(name, version, directory)
-        except VersionExists:
-            progress(f"{name} {version}: registered meanwhile by another publisher, skipping")
+        if not publish_version(registry, directory, metadata, progress):
             return None
     p = metadata["performance"]
     progress(f"{name} {version}: registered; against {p['evaluated_against']}: accuracy {p['accuracy']:.3f} "
