@@ -28,7 +28,7 @@ def ensure_registry():
 
     registry = RegistryConfig.from_env().open()
     if not registry.models():
-        progress("registry empty: training the three families (about two minutes)")
+        progress("registry empty: bootstrapping it as the quickstart does (about four and a half minutes)")
         train([])
     return registry
 
