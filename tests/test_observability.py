@@ -23,6 +23,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the 
 
 PREDICT = f"{SERVE_URL}/api/v1/predict"
 DASHBOARD = ROOT / "cluster" / "grafana" / "kepler-serve-dashboard.json"
+# Prometheus caps a scrape's timeout at the interval: 1 s was too short for Ray's metrics endpoint
+# on a busy 2-core machine, and every scrape failed for minutes.
+SCRAPE_INTERVAL = "2s"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def prometheus(serve_app, tmp_path_factory):
     port = free_port()
     data = tmp_path_factory.mktemp("prometheus")
     process = subprocess.Popen([str(ROOT / "cluster" / "prometheus.sh"), str(serve_app.temp_dir),
-                                f"127.0.0.1:{port}", str(data), "1s"],
+                                f"127.0.0.1:{port}", str(data), SCRAPE_INTERVAL],
                                stdout=open(data / "log", "ab"), stderr=subprocess.STDOUT)
     wait_for_port(port, process=process)
     url = f"http://127.0.0.1:{port}"
@@ -62,6 +65,13 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 90) -
     return value
 
 
+def scrapes(url: str) -> list:
+    """Each target's last scrape: up or not, and how long it took (for a failure's message)."""
+    durations = {r["metric"].get("instance"): r["value"][1] for r in promql(url, "scrape_duration_seconds")}
+    return [(r["metric"].get("instance"), r["value"][1], durations.get(r["metric"].get("instance")))
+            for r in promql(url, "up")]
+
+
 def test_prometheus_counts_exactly_the_requests_sent(serve_app, prometheus, trained_registry, tmp_path):
     # A version used by nobody else: its series start from nothing, so the count is exact.
     publish_copy(trained_registry, "xgboost", "1.1.0", "9.1.0", tmp_path)
@@ -74,7 +84,7 @@ def test_prometheus_counts_exactly_the_requests_sent(serve_app, prometheus, trai
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200
         selector = 'model="xgboost", variant="primary", version="9.1.0"'
-        assert wait_for_value(prometheus, f"sum(ray_predictions_total{{{selector}}})", n) == n
+        assert wait_for_value(prometheus, f"sum(ray_predictions_total{{{selector}}})", n) == n, scrapes(prometheus)
         assert wait_for_value(prometheus, f'sum(ray_prediction_latency_seconds_count{{model="xgboost", '
                                           f'version="9.1.0"}})', n) == n
         time.sleep(2.5)  # two more export intervals: the count must stay exact, not overshoot
