@@ -154,6 +154,10 @@ class Catalogue:
             raise UnknownKOI(f"unknown KOI {_quote(koi)}: expected a canonical name such as K00752.01 "
                              f"in the KOI catalogue {self.version}") from None
 
+    def disposition(self, koi: str) -> str:
+        """The current archive disposition, without building the whole row."""
+        return self._dispositions[self.current_disposition][self._index(koi)]
+
     def row(self, koi: str) -> dict:
         """What the catalogue says of one KOI, JSON-ready (missing values are None)."""
         i = self._index(koi)

@@ -106,7 +106,7 @@ def koi_facts(catalogue: Catalogue, kois: list[str], split: str | None, own_spli
     kepids = catalogue.kepids(kois).tolist()
     facts = []
     for koi, kepid in zip(kois, kepids):
-        row = {"koi": koi, "disposition": catalogue.row(koi)["disposition"],
+        row = {"koi": koi, "disposition": catalogue.disposition(koi),
                "in_training_set": (not is_test_star(kepid)) if split == own_split else None}
         facts.append(row)
     return facts

@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtimes.schema import KNOWN_FEATURES, LABELS, N_CLASSES, N_FEATURES
+from runtimes.schema import LABELS, N_CLASSES
+
+from .feature_rows import FLOAT32_MAX, WIDTHS as ROW_WIDTHS
 
 INPUT_NAME = "features"
-WIDTHS = (N_FEATURES, len(KNOWN_FEATURES))  # the table features; then the diagnostics too (2.x only)
+WIDTHS = tuple(ROW_WIDTHS)  # the table features; then the diagnostics too (2.x only)
 MISSING = "missing_value"  # V2 has no null: data equal to this request parameter are missing
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 OUTPUTS = ("probabilities", "labels")
 _FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
 

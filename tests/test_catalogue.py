@@ -221,3 +221,10 @@ def test_lookup_imports_no_ray():
     code = "import sys, runtimes.catalogue; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def test_disposition_is_the_current_one_of_the_row(catalogue):
+    for koi in ("K00752.01", catalogue.candidates()[0]):
+        assert catalogue.disposition(koi) == catalogue.row(koi)["disposition"]
+    with pytest.raises(UnknownKOI):
+        catalogue.disposition("K99999.01")

@@ -62,6 +62,8 @@ def test_unknown_names_are_404s_and_malformed_ones_422s(serve_app):
         assert "koi" in response.json()["error"]
     both = post(PREDICT, {"koi": "K00752.01", "features": _features_of("K00752.01")})
     assert both.status_code == 422 and "exactly one" in both.json()["error"]
+    too_many = post(BATCH, {"kois": ["K00752.01"] * 1001})
+    assert too_many.status_code == 422 and "kois: 1001 rows exceed the limit of 1000" in too_many.json()["error"]
     response = post(BATCH, {"kois": ["K00752.01", "nonsense!"]})
     assert response.status_code == 422 and "kois[1]" in response.json()["error"]
     assert requests.get(f"{KOI}/K99999.01", timeout=30).status_code == 404

@@ -79,6 +79,7 @@ async def predict_batch(body: BatchPredictRequest, request: Request):
 async def _by_name(request: Request, body, names: list, field: str, started: float) -> JSONResponse:
     """The catalogue's rows for the named KOIs, through the same stages as any features."""
     service = ingress(request)
+    _within_limit(request, len(names), field)  # before resolving any; a KIC id may then add a few
     catalogue, kois = await service.kois.resolve(names, field)
     _within_limit(request, len(kois), field)
     rows = FeatureRows(catalogue.features(kois), frozenset())
