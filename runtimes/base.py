@@ -12,6 +12,7 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
+from .explanation import Explanation
 from .preprocessing import Preprocessor
 
 Progress = Callable[[str], None]
@@ -34,6 +35,9 @@ class Runtime(Protocol):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
     """Raw features [n, len(features)] (NaN = missing) -> probabilities [n, 3] in LABELS order."""
+
+    def explain(self, X: np.ndarray) -> Explanation: ...
+    """Raw features [n, len(features)] -> each row's per-class, per-feature attributions (explanation.py)."""
 
     @staticmethod
     def framework_version() -> str: ...

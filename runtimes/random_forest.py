@@ -4,6 +4,9 @@ Pickle (and joblib) can run arbitrary code when loaded; an .npz read with allow_
 holds only typed arrays, so a tampered forest can at worst predict badly, never execute. The
 forest is rebuilt from those arrays into scikit-learn's own estimator, so predictions are
 bit-identical to the trained model's.
+
+Explanations are exact path-dependent TreeSHAP in probability space (tree_shap.py): what shap's
+TreeExplainer answers for the same forest, without shap, about 0.2 s a row for 400 trees.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from typing import ClassVar
 import numpy as np
 
 from .base import FrameworkRuntime, Progress
+from .explanation import Explanation
 from .preprocessing import Preprocessor
 from .schema import FEATURES, N_CLASSES
 from .sklearn_internals import TreeState, fitted_forest, fitted_tree, tree_state
 from .tree_arrays import PackedForest
+from .tree_shap import TreeShap
 
 PARAMS = {"n_estimators": 400, "min_samples_leaf": 1, "max_features": "sqrt", "class_weight": None,
           "criterion": "gini"}
@@ -80,8 +85,28 @@ class RandomForestRuntime(FrameworkRuntime):
         """The same trees as flat arrays: scikit-learn's answers, 10-50x sooner (tree_arrays.py)."""
         return PackedForest([estimator.tree_ for estimator in self.model.estimators_])
 
+    @cached_property
+    def tree_shap(self) -> TreeShap:
+        """The trees' paths and covers laid out for TreeSHAP (tree_shap.py): built on the first
+        explanation (about 2 s and 90 MB for 400 trees), not at load, which most loads never need."""
+        return TreeShap([estimator.tree_ for estimator in self.model.estimators_])
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.packed.predict_proba(self.preprocessor.transform(X))
+
+    def explain(self, X: np.ndarray) -> Explanation:
+        """Exact path-dependent TreeSHAP of every class's probability, on the imputed float32 rows
+        the trees compare: base_value (the forest's expected output under its training covers, the
+        same for every row) + values add up to predict_proba to float64 rounding."""
+        inputs = np.array(X, dtype=np.float64)
+        prepared = self.preprocessor.transform(inputs)
+        values, expected = self.tree_shap.shap_values(prepared)
+        probabilities = self.packed.predict_proba(prepared)
+        return Explanation(
+            method="tree_shap", output_space="probability", features=self.features, values=values,
+            base_value=np.tile(expected, (len(prepared), 1)), output=probabilities, probabilities=probabilities,
+            inputs=inputs, details={"algorithm": "path-dependent TreeSHAP (exact)",
+                                    "trees": len(self.model.estimators_), "covers": "weighted_n_node_samples"})
 
 
 RUNTIME = RandomForestRuntime

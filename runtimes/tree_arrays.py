@@ -59,6 +59,6 @@ class PackedForest:
                 if not len(walking):
                     break
         reached[walking] = node
-        leaf_values = self.value[reached].reshape(rows, trees, -1)
+        leaf_values = self.value[reached].reshape(rows, trees, self.value.shape[1])
         # A running sum adds the trees in order, as scikit-learn accumulates them (np.sum pairs them).
         return np.cumsum(leaf_values, axis=1)[:, -1] / trees
