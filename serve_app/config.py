@@ -14,6 +14,10 @@ from registry import RegistryConfig
 from registry.versions import check_alias, check_version, is_version
 from runtimes import MODEL_NAMES
 
+# Rate-limit tokens per explained row: about one per 25 ms of a replica's explain time for one row
+# (bench/explain_cost.py), the end-to-end time of a typical prediction request.
+EXPLAIN_COST = {"xgboost": 1.0, "keras_cnn": 3.0, "random_forest": 9.0}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -163,9 +167,21 @@ class RouterSettings(_Strict):
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict, description="per model")
     sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    max_explain_rows: int = Field(32, ge=1, le=1000, description="most rows one /api/v1/explain call may carry")
+    explain_timeout_s: float = Field(60.0, gt=0, description="longest wait for one model's explanation")
+    explain_cost: dict[str, float] = Field(
+        default_factory=lambda: dict(EXPLAIN_COST), description="rate-limit tokens per explained row and model "
+        "(a prediction request takes 1); an ensemble pays for each member; a call takes at most a full bucket")
 
     _experiment_models = field_validator("experiments")(lambda cls, v: _known_models("experiments", v))
     _catalogue_ref = field_validator("catalogue")(_check_ref)
+
+    @field_validator("explain_cost")
+    @classmethod
+    def _costs(cls, costs: dict[str, float]) -> dict[str, float]:
+        if set(costs) - set(MODEL_NAMES) or any(not 0 <= c <= 1e6 for c in costs.values()):
+            raise ValueError(f"explain_cost: a cost from 0 to 1e6 per model of {', '.join(MODEL_NAMES)}")
+        return {**EXPLAIN_COST, **costs}
 
     @field_validator("ensemble_weights")
     @classmethod

@@ -6,12 +6,14 @@ whose size and wait come from `user_config` via `reconfigure()`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
 from ray import serve
 
 from registry.versions import check_version, is_version
+from runtimes.explanation import Explanation
 
 from .config import BatchSettings, ModelSettings, RegistrySettings
 from .errors import BadRequest
@@ -20,6 +22,7 @@ from .metrics import ModelMetrics
 from .ray_internals import multiplexed_model_ids
 
 logger = logging.getLogger("ray.serve")
+EXPLAIN_BATCH_ROWS = 32  # explanations cost far more per row than predictions: smaller batches
 
 
 class ModelServer:
@@ -100,6 +103,31 @@ class ModelServer:
                 n = len(items[i][1])
                 results[i] = probabilities[offset:offset + n]
                 offset += n
+        return results
+
+    async def explain(self, version: str, rows: np.ndarray, request_ids: list[str] = (), caller: str = "") -> Explanation:
+        """Each row's attributions (runtimes/explanation.py), batched like predictions but apart
+        from them, and computed off the event loop: a forest's TreeSHAP takes a while, and this
+        replica's predictions and health checks must not wait behind it."""
+        if not is_version(version):
+            raise BadRequest(f"model version must be concrete, got {version!r}")
+        model = await self.get_model(version)
+        if len(rows) > EXPLAIN_BATCH_ROWS:
+            return await asyncio.to_thread(model.runtime.explain, rows)
+        return await self.explain_batch((version, rows, list(request_ids), caller))
+
+    @serve.batch(max_batch_size=EXPLAIN_BATCH_ROWS, batch_wait_timeout_s=0.0,
+                 batch_size_fn=lambda items: sum(len(item[1]) for item in items))
+    async def explain_batch(self, items: list[tuple[str, np.ndarray, list[str], str]]) -> list[Explanation]:
+        results: list[Explanation | None] = [None] * len(items)
+        for version in {item[0] for item in items}:
+            indices = [i for i, item in enumerate(items) if item[0] == version]
+            model = await self.get_model(version)
+            explained = await asyncio.to_thread(model.runtime.explain, np.concatenate([items[i][1] for i in indices]))
+            offset = 0
+            for i in indices:
+                results[i] = explained.rows(offset, offset + len(items[i][1]))
+                offset += len(items[i][1])
         return results
 
     async def describe(self, version: str) -> dict:

@@ -19,7 +19,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from runtimes.ensemble import combine
+from runtimes.ensemble import EnsembleRecord, combine
 from runtimes.schema import LABELS
 
 from .config import RouterSettings
@@ -94,14 +94,14 @@ class Dispatcher:
             vote = await self._ensemble(version_ref, rows, context, fitted=model == "ensemble")
             if model == "ensemble":
                 return vote
-            chosen = await self._auto(version_ref) if model == "auto" else model
+            chosen = await self.best_model(version_ref) if model == "auto" else model
             if chosen in vote.members:
                 member = vote.members[chosen]
                 return Answer(member.probabilities, chosen, member.version, member.variant, None, vote.members,
                               member.features)
             model = chosen
         elif model == "auto":
-            model = await self._auto(version_ref)
+            model = await self.best_model(version_ref)
         member = await self._member(model, version_ref, rows, context)
         return Answer(member.probabilities, model, member.version, member.variant, features=member.features)
 
@@ -176,7 +176,7 @@ class Dispatcher:
         return await self._call(model, version, rows, RequestContext("shadow"), "shadow")
 
     # ---- model choice and the ensemble ------------------------------------------------------
-    async def _auto(self, version_ref: str | None) -> str:
+    async def best_model(self, version_ref: str | None) -> str:
         """The model whose served version has the best registry ROC-AUC, skipping open breakers."""
         best, best_auc = None, -1.0
         for model in self.models:
@@ -198,34 +198,53 @@ class Dispatcher:
         """Version V's fitted record, where V has one: members called at V, calibrated and weighted
         as fitted (explicitly configured ensemble_weights still win). Else the configured weights
         over each member's own default or the requested version."""
+        plan = await self.ensemble_plan(version_ref, fitted)
+        answers, skipped = await gather_members(
+            {m: self._member(m, plan.member_ref, rows, context) for m in plan.members})
+        versions = {a.version for a in answers.values()}
+        version = versions.pop() if len(versions) == 1 else (version_ref or "mixed")
+        vote = plan.vote({m: a.probabilities for m, a in answers.items()})
+        features = tuple(dict.fromkeys(f for a in answers.values() for f in a.features))
+        return Answer(vote, "ensemble", version, None, plan.info(skipped), answers, features)
+
+    async def ensemble_plan(self, version_ref: str | None, fitted: bool = True) -> "EnsemblePlan":
         record = await self.records.find(version_ref) if fitted else None
         explicit = "ensemble_weights" in self.settings.model_fields_set
         weights = self.settings.ensemble_weights if record is None or explicit else record.weights
-        member_ref = record.version if record is not None else version_ref
-        members = [m for m in self.models if weights.get(m, 0) > 0]
-        results = await asyncio.gather(*(self._member(m, member_ref, rows, context) for m in members),
-                                       return_exceptions=True)
-        answers: dict[str, MemberAnswer] = {}
-        skipped: dict[str, BaseException] = {}
-        for model, result in zip(members, results):
-            if isinstance(result, BaseException):
-                skipped[model] = result
-            else:
-                answers[model] = result
-        if not answers:
-            raise _all_failed(skipped)
-        calibrated = record is not None and not explicit
-        info = EnsembleInfo(members=sorted(answers), weights={m: weights[m] for m in members},
-                            degraded=bool(skipped),
+        return EnsemblePlan(record, dict(weights), record.version if record is not None else version_ref,
+                            record is not None and not explicit, [m for m in self.models if weights.get(m, 0) > 0])
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """How an ensemble answer is made: which members, at which version, weighted and calibrated how."""
+
+    record: EnsembleRecord | None
+    weights: dict[str, float]
+    member_ref: str | None  # the version every member is asked for (the record's), else the request's
+    calibrated: bool  # the record's temperatures and weights combine the members
+    members: list[str]
+
+    def vote(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        return combine(self.record, probabilities) if self.calibrated else soft_vote(probabilities, self.weights)
+
+    def info(self, skipped: dict[str, BaseException]) -> EnsembleInfo:
+        return EnsembleInfo(members=sorted(set(self.members) - set(skipped)),
+                            weights={m: self.weights[m] for m in self.members}, degraded=bool(skipped),
                             skipped={m: getattr(e, "message", type(e).__name__) for m, e in skipped.items()},
-                            record=record.version if record is not None else None,
-                            temperatures=dict(record.temperatures) if calibrated else None)
-        versions = {a.version for a in answers.values()}
-        version = versions.pop() if len(versions) == 1 else (version_ref or "mixed")
-        probabilities = {m: a.probabilities for m, a in answers.items()}
-        vote = combine(record, probabilities) if calibrated else soft_vote(probabilities, weights)
-        features = tuple(dict.fromkeys(f for a in answers.values() for f in a.features))
-        return Answer(vote, "ensemble", version, None, info, answers, features)
+                            record=self.record.version if self.record is not None else None,
+                            temperatures=dict(self.record.temperatures) if self.calibrated else None)
+
+
+async def gather_members(calls: dict) -> tuple[dict, dict[str, BaseException]]:
+    """Each member's result and each member's failure; raises when every member failed."""
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    answers, skipped = {}, {}
+    for model, result in zip(calls, results):
+        (skipped if isinstance(result, BaseException) else answers)[model] = result
+    if not answers:
+        raise _all_failed(skipped)
+    return answers, skipped
 
 
 def _all_failed(skipped: dict[str, BaseException]) -> ServingError:

@@ -35,8 +35,8 @@ class Overloaded(ModelUnavailable):
     """The model's queue is full: load is shed, and it is not a model failure."""
 
 
-class BreakerOpen(ModelUnavailable):
-    """A deployment's circuit breaker is turning calls away; retry when it half-opens."""
+class RetryAfter:
+    """Mixed into an error that says when to try again (the Retry-After header)."""
 
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message)
@@ -44,6 +44,14 @@ class BreakerOpen(ModelUnavailable):
 
     def __reduce__(self):
         return (type(self), (self.message, self.retry_after_s))
+
+
+class BreakerOpen(RetryAfter, ModelUnavailable):
+    """A deployment's circuit breaker is turning calls away; retry when it half-opens."""
+
+
+class RateLimited(RetryAfter, ServingError):
+    """The caller's rate limit is spent (an explanation costs more than a prediction)."""
 
 
 class ReplicaGone(Exception):

@@ -22,6 +22,7 @@ from .auth import Authenticator
 from .config import AppArgs, RouterSettings
 from .dispatcher import Dispatcher
 from .errors import Conflict, ModelUnavailable, NotFoundError, Overloaded, ReplicaGone, ServingError
+from .explaining import Explainer
 from .http import APP_VERSION, build_http_app
 from .http.middleware import Gate
 from .koi import KOIService
@@ -55,6 +56,7 @@ class Router:
         self.traffic = Traffic()
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
+        self.explainer = Explainer(self.dispatcher, self._explain_model)
         self.kois = KOIService(self.registry, self.settings.catalogue)
         self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
         self._syncing: asyncio.Task | None = None
@@ -102,8 +104,16 @@ class Router:
         return self._version_handles[key]
 
     async def _call_model(self, deployment: str, version: str, rows: np.ndarray, request_ids: list[str]) -> np.ndarray:
+        return await self._remote("predict", deployment, version, rows, request_ids)
+
+    async def _explain_model(self, deployment: str, version: str, rows: np.ndarray, request_id: str):
+        return await self._remote("explain", deployment, version, rows, [request_id])
+
+    async def _remote(self, method: str, deployment: str, version: str, rows: np.ndarray, request_ids: list[str]):
+        """A model deployment's method, with Ray's exceptions turned into domain errors."""
         try:
-            return await self._handle(deployment, version).predict.remote(version, rows, request_ids, self.replica)
+            call = getattr(self._handle(deployment, version), method)
+            return await call.remote(version, rows, request_ids, self.replica)
         except ServingError as e:  # the replica's own verdict on this request, wrapped by Ray
             cause = getattr(e, "cause", None)
             raise (cause if isinstance(cause, ServingError) else e) from None

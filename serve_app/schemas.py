@@ -86,6 +86,44 @@ class BatchPredictRequest(_Request):
         return self._rows
 
 
+class ExplainRequest(BaseModel):
+    """Rows to explain, as for predict and predict/batch: exactly one of features, instances, koi, kois."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelChoice = Field("auto", description="a model name, 'ensemble' (each member explained, with the "
+                                                   "weights that combine them) or 'auto'")
+    version: str | None = _Request.model_fields["version"]
+    features: Features | None = Field(None, description=f"one row: {FEATURES_HELP}")
+    instances: list[Features] | None = Field(None, min_length=1, description="rows, each as `features`")
+    koi: KOIName | None = Field(None, description=KOI_HELP)
+    kois: list[KOIName] | None = Field(None, min_length=1, description="KOIs, each as `koi`")
+    _rows: FeatureRows | None = PrivateAttr(None)
+
+    _version = field_validator("version")(_Request._version.__func__)
+
+    @model_validator(mode="after")
+    def _parse(self) -> "ExplainRequest":
+        given = [name for name in ("features", "instances", "koi", "kois") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("value_error", "features, instances, koi or kois: give exactly one of them")
+        rows = [self.features] if self.features is not None else self.instances
+        if rows is not None:
+            try:
+                self._rows = parse_rows(rows)
+            except RowError as e:
+                field = "features" if self.features is not None else f"instances[{e.row}]"
+                raise PydanticCustomError("value_error", "{field}: {reason}", {"field": field, "reason": str(e)}) from None
+        return self
+
+    def rows(self) -> FeatureRows | None:
+        return self._rows
+
+    def names(self) -> list | None:
+        """The KOI names asked for; None when the request carries features."""
+        return [self.koi] if self.koi is not None else self.kois
+
+
 class ModelAnswer(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     model: str

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtimes.explanation import Explanation
 from runtimes.schema import LABELS, N_CLASSES
 
 from .feature_rows import FLOAT32_MAX, WIDTHS as ROW_WIDTHS
@@ -14,7 +15,8 @@ from .feature_rows import FLOAT32_MAX, WIDTHS as ROW_WIDTHS
 INPUT_NAME = "features"
 WIDTHS = tuple(ROW_WIDTHS)  # the table features; then the diagnostics too (2.x only)
 MISSING = "missing_value"  # V2 has no null: data equal to this request parameter are missing
-OUTPUTS = ("probabilities", "labels")
+OUTPUTS = ("probabilities", "labels")  # answered unless `outputs` asks for others
+EXPLANATION_OUTPUTS = ("contributions", "base_values")  # only when asked for: explaining costs far more
 _FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
 
 
@@ -49,6 +51,7 @@ class TensorOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
+    parameters: dict[str, Any] | None = None
     data: list[Any]
 
 
@@ -119,20 +122,28 @@ def _missing_value(request: InferRequest) -> float | None:
     return float(value)
 
 
-def requested_outputs(request: InferRequest) -> list[str]:
+def requested_outputs(request: InferRequest, model_name: str) -> list[str]:
     if not request.outputs:
         return list(OUTPUTS)
     names = [o.name for o in request.outputs]
-    unknown = [n for n in names if n not in OUTPUTS]
+    unknown = [n for n in names if n not in OUTPUTS + EXPLANATION_OUTPUTS]
     if unknown:
-        raise V2Error(f"unknown output(s) {unknown}: this model has {list(OUTPUTS)}")
+        raise V2Error(f"unknown output(s) {unknown}: this model has {list(OUTPUTS + EXPLANATION_OUTPUTS)}")
+    if model_name == "ensemble" and set(names) & set(EXPLANATION_OUTPUTS):
+        raise V2Error("outputs: the ensemble has no additive contributions (its members' attributions are in "
+                      "different spaces); ask each member, or POST /api/v1/explain with model 'ensemble'")
     return names
 
 
+def wants_explanation(outputs: list[str]) -> bool:
+    return any(name in EXPLANATION_OUTPUTS for name in outputs)
+
+
 def encode(model_name: str, version: str, request_id: str, probabilities: np.ndarray,
-           outputs: list[str]) -> InferResponse:
+           outputs: list[str], explanation: Explanation | None = None) -> InferResponse:
     n = len(probabilities)
-    tensors = {
+    tensors = _explanation_tensors(explanation) if explanation is not None else {}
+    tensors |= {
         "probabilities": TensorOutput(name="probabilities", shape=[n, N_CLASSES], datatype="FP32",
                                       data=probabilities.astype(np.float32).ravel().tolist()),
         "labels": TensorOutput(name="labels", shape=[n], datatype="BYTES",
@@ -140,6 +151,18 @@ def encode(model_name: str, version: str, request_id: str, probabilities: np.nda
     }
     return InferResponse(model_name=model_name, model_version=version, id=request_id,
                          outputs=[tensors[name] for name in outputs])
+
+
+def _explanation_tensors(explanation: Explanation) -> dict[str, "TensorOutput"]:
+    """[N, classes, features] attributions in the version's feature order, and [N, classes] base values:
+    base_values + contributions summed over features = the output in `output_space`."""
+    n, classes, features = explanation.values.shape
+    about = {"method": explanation.method, "output_space": explanation.output_space,
+             "feature_names": list(explanation.features), "classes": list(LABELS)}
+    return {"contributions": TensorOutput(name="contributions", shape=[n, classes, features], datatype="FP32",
+                                          data=explanation.values.astype(np.float32).ravel().tolist(), parameters=about),
+            "base_values": TensorOutput(name="base_values", shape=[n, classes], datatype="FP32",
+                                        data=explanation.base_value.astype(np.float32).ravel().tolist(), parameters=about)}
 
 
 def model_metadata(name: str, versions: list[str], platform: str, features: list[str]) -> dict:
@@ -151,5 +174,10 @@ def model_metadata(name: str, versions: list[str], platform: str, features: list
                     "parameters": {"accepted_shapes": shapes, "feature_names": features,
                                    MISSING: "optional number: data equal to it are missing values"}}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, N_CLASSES]},
-                    {"name": "labels", "datatype": "BYTES", "shape": [-1]}],
+                    {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+                    *([] if name == "ensemble" else [
+                        {"name": "contributions", "datatype": "FP32", "shape": [-1, N_CLASSES, len(features)],
+                         "parameters": {"on_request": True, "meaning": "per-feature attributions (see /api/v1/explain)"}},
+                        {"name": "base_values", "datatype": "FP32", "shape": [-1, N_CLASSES],
+                         "parameters": {"on_request": True}}])],
     }

@@ -30,8 +30,9 @@ def test_model_metadata_and_readiness(serve_app, name):
     assert inputs["parameters"]["accepted_shapes"] == [[-1, 36]] and len(inputs["parameters"]["feature_names"]) == 36
     wide = requests.get(f"{V2}/models/{name}/versions/2.1.0", timeout=10).json()["inputs"][0]
     assert wide["shape"] == [-1, 69] and wide["parameters"]["accepted_shapes"] == [[-1, 36], [-1, 69]]
+    explained = {} if name == "ensemble" else {"contributions": ("FP32", [-1, 3, 36]), "base_values": ("FP32", [-1, 3])}
     assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
-        "probabilities": ("FP32", [-1, 3]), "labels": ("BYTES", [-1])}
+        "probabilities": ("FP32", [-1, 3]), "labels": ("BYTES", [-1]), **explained}
     assert requests.get(f"{V2}/models/{name}/versions/1.1.0", timeout=10).json()["name"] == name
     assert requests.get(f"{V2}/models/{name}/ready", timeout=10).json() == {"name": name, "ready": True}
     assert requests.get(f"{V2}/models/{name}/versions/1.0.0/ready", timeout=10).status_code == 200

@@ -29,13 +29,24 @@ def context(request: Request) -> RequestContext:
 
 async def predict(request: Request, route: str, model: str, version: str | None, rows: np.ndarray,
                   all_models: bool = False) -> tuple[Answer, RequestContext]:
-    service, ctx = ingress(request), context(request)
+    ctx = context(request)
+    dispatcher = ingress(request).dispatcher
+    answer = await observed(request, route, model, version, len(rows),
+                            lambda: dispatcher.predict(model, version, rows, ctx, all_models), ctx)
+    return answer, ctx
+
+
+async def observed(request: Request, route: str, model: str, version: str | None, rows: int, run,
+                   ctx: RequestContext | None = None):
+    """`run()`'s answer (anything with model, version and maybe variant), timed, counted and logged."""
+    service = ingress(request)
+    request_id = ctx.request_id if ctx is not None else service.request_id()
     started, status, served = time.perf_counter(), 200, (model, version or "default", None)
     service.ensure_syncing()
     try:
-        answer = await service.dispatcher.predict(model, version, rows, ctx, all_models)
-        served = answer.model, answer.version, answer.variant
-        return answer, ctx
+        answer = await run()
+        served = answer.model, answer.version, getattr(answer, "variant", None)
+        return answer
     except ServingError as e:
         status = status_of(e)
         raise
@@ -45,5 +56,5 @@ async def predict(request: Request, route: str, model: str, version: str | None,
             service.metrics.observe_latency(served[0], served[1], seconds)
         service.metrics.request(route, status)
         logger.info("request", extra={"endpoint": route, "model": served[0], "version": served[1],
-                                      "variant": served[2] or "primary", "rows": len(rows), "status": status,
-                                      "latency_ms": round(seconds * 1000, 3), "request_id": ctx.request_id})
+                                      "variant": served[2] or "primary", "rows": rows, "status": status,
+                                      "latency_ms": round(seconds * 1000, 3), "request_id": request_id})

@@ -2,7 +2,7 @@
 
 REST answers `{"error": message}` with the table's status (validation errors add the failing
 fields). The Open Inference Protocol answers every client error as 400 `{"error": message}` and
-keeps 5xx as they are. A 503 carries `Retry-After`: the refusing breaker's wait, else 1 s."""
+keeps 5xx as they are. A 429 or 503 carries `Retry-After`: the refusing breaker's wait, else 1 s."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtimes.schema import input_schema
 
-from ..errors import BadRequest, Conflict, ModelUnavailable, NotFoundError, ServingError
+from ..errors import BadRequest, Conflict, ModelUnavailable, NotFoundError, RateLimited, ServingError
 from ..v2 import V2Error
 
 STATUS: dict[type[Exception], int] = {
@@ -20,6 +20,7 @@ STATUS: dict[type[Exception], int] = {
     V2Error: 400,
     NotFoundError: 404,
     Conflict: 409,
+    RateLimited: 429,
     ModelUnavailable: 503,  # Overloaded and BreakerOpen among them
 }
 
@@ -36,14 +37,14 @@ def is_v2(request: Request) -> bool:
 
 
 def error_response(status: int, message: str, headers: dict | None = None, v2: bool = False) -> JSONResponse:
-    if v2 and 400 <= status < 500:
+    if v2 and 400 <= status < 500 and status != 429:  # a rate limit is a 429 on every protocol
         status = 400
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def domain_error_response(error: ServingError | V2Error, v2: bool = False) -> JSONResponse:
     status = status_of(error)
-    headers = {"Retry-After": str(getattr(error, "retry_after_s", 1))} if status == 503 else None
+    headers = {"Retry-After": str(getattr(error, "retry_after_s", 1))} if status in (429, 503) else None
     return error_response(status, getattr(error, "message", str(error)), headers, v2)
 
 

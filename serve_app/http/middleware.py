@@ -35,6 +35,14 @@ class Gate:
     def per_minute(self, principal: Principal) -> float:
         return principal.requests_per_minute or self.requests_per_minute
 
+    def charge(self, principal: Principal | None, tokens: float) -> float:
+        """Take `tokens` more from the caller's bucket, beyond the one its request took, capped at
+        a full bucket so any call can run once the bucket has refilled: 0, or the wait."""
+        if principal is None or tokens <= 0:
+            return 0.0
+        share = self.per_minute(principal) / max(1, self.replicas)
+        return self.buckets.take(principal.name, share, min(tokens, max(0.0, share - 1)))
+
 
 async def refuse(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"error": message}).encode()
@@ -128,3 +136,24 @@ class V2JsonBodies:
             if not any(name == b"content-type" for name, _ in headers):
                 scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
+
+
+class PageHeaders:
+    """The web page's headers: nothing but its own origin may run or load (no inline script, no
+    third-party asset), and the browser may not sniff types or leak the URL elsewhere."""
+
+    HEADERS = [(b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
+               (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not (scope["path"] == "/ui" or scope["path"].startswith("/ui/")):
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+        await self.app(scope, receive, with_headers)

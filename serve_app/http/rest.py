@@ -85,7 +85,7 @@ async def _by_name(request: Request, body, names: list, field: str, started: flo
     rows = FeatureRows(catalogue.features(kois), frozenset())
     route = "predict" if field == "koi" else "predict_batch"
     answer, ctx = await predict(request, route, body.model, body.version, rows, body.return_all_models)
-    facts = koi_facts(catalogue, kois, await _split_of(service, answer), SPLIT)
+    facts = koi_facts(catalogue, kois, await split_of(service, answer.model, answer.version, list(answer.members)), SPLIT)
     items = [{**item, **fact} for item, fact in zip(
         answers(answer.probabilities, body.return_probabilities, _missing(rows, answer)), facts)]
     if field == "koi" and len(kois) == 1:
@@ -114,11 +114,11 @@ def _members_many(answer: Answer, body) -> dict | None:
     return {name: answers(m.probabilities, body.return_probabilities) for name, m in sorted(answer.members.items())}
 
 
-async def _split_of(service, answer: Answer) -> str | None:
+async def split_of(service, model: str, version: str, members: list[str]) -> str | None:
     """The split rule the answering version was trained under, if its metadata can be read."""
-    model = answer.model if answer.model != "ensemble" else next(iter(sorted(answer.members)), None)
+    model = model if model != "ensemble" else next(iter(sorted(members)), None)
     try:
-        return (await service.versions.metadata(model, answer.version))["training"].get("split")
+        return (await service.versions.metadata(model, version))["training"].get("split")
     except Exception:  # noqa: BLE001 - unreadable or a mixed version: unknown, said as null
         return None
 

@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from .. import v2 as codec
 from ..schemas import ErrorResponse
 from ..versions import registry_call
-from .common import ingress, predict
+from ..feature_rows import FeatureRows
+from .common import context, ingress, observed, predict
+from .explain import charge
 
 ERRORS = {400: {"model": ErrorResponse, "description": "invalid request"}}
 router = APIRouter(prefix="/v2", responses=ERRORS)
@@ -75,7 +77,22 @@ async def model_ready(name: str, request: Request, version: str | None = None):
              response_model_exclude_none=True)
 async def infer(name: str, body: codec.InferRequest, request: Request, version: str | None = None):
     _known(request, name)
-    rows = codec.decode(body, ingress(request).settings.max_batch_rows)
-    outputs = codec.requested_outputs(body)
+    service = ingress(request)
+    outputs = codec.requested_outputs(body, name)
+    if codec.wants_explanation(outputs):
+        return await _explain(name, version, body, outputs, request)
+    rows = codec.decode(body, service.settings.max_batch_rows)
     answer, ctx = await predict(request, "v2_infer", name, version, rows)
     return codec.encode(name, answer.version, body.id or ctx.request_id, answer.probabilities, outputs)
+
+
+async def _explain(name: str, version: str | None, body: codec.InferRequest, outputs: list[str], request: Request):
+    """`contributions` asked for: the model deployment explains the rows, which also answers them."""
+    service, ctx = ingress(request), context(request)
+    rows = codec.decode(body, service.settings.max_explain_rows)
+    charge(request, name, len(rows))
+    explained = await observed(request, "v2_infer", name, version, len(rows),
+                               lambda: service.explainer.explain(name, version, FeatureRows.of(rows), ctx), ctx)
+    _, explanation = explained.members[name]
+    return codec.encode(name, explained.version, body.id or ctx.request_id, explained.probabilities, outputs,
+                        explanation)
