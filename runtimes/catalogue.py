@@ -183,6 +183,60 @@ class Catalogue:
         """The KOIs whose current disposition is CANDIDATE, in name order."""
         return list(self._candidates)
 
+    def suggest(self, prefix: str, limit: int = 10) -> list[dict]:
+        """The KOIs whose name begins with what was typed so far, for suggestions as one types:
+        [{"koi", "kepler_name", "disposition"}], KOI-name matches in name order, then Kepler-name
+        matches (Kepler-22 b before Kepler-220 b), at most `limit`. Never raises: [] for no match.
+
+        KOI names in the forms `resolve` accepts, partly typed: "752", "K752", "KOI-752" mean KOI
+        752 (K00752.01, K00752.02, ...), "752.0" its .0x planets; digits with a leading zero, or
+        five of them, are a prefix of the canonical name ("K0075" -> K00750.01 ... K00759.xx).
+        Kepler names case-insensitively, spaces and hyphen optional: "kepler-22", "Kepler 22 b".
+        Each look-up is a bisection of sorted keys, built on first use."""
+        from bisect import bisect_left
+
+        if not isinstance(prefix, str) or isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+            return []
+        if limit < 1 or len(prefix) > MAX_NAME_LENGTH or not prefix.isascii():  # ASCII as `resolve`'s regexes
+            return []
+        text = " ".join(prefix.split()).lower()  # spaces collapsed
+        if not text:
+            return []
+        index = self.__dict__.get("_suggest_index")
+        if index is None:  # Kepler names as "kepler-22 b", "kepler-410 a b": a space sorts before digits
+            pairs = sorted((f"kepler-{int(m[1])} {m[2].lower() + ' ' if m[2] else ''}{m[3].lower()}", i)
+                           for i, n in enumerate(self._kepler_names) if n and (m := KEPLER_NAME.fullmatch(n)))
+            index = self._suggest_index = ([key for key, _ in pairs], [i for _, i in pairs])
+        keys: list[tuple[list[str], list[int] | None, str]] = []  # (sorted keys, rows or None, prefix)
+        if text in ("k", "ko", "koi", "koi-"):
+            keys.append((self.names, None, "K"))
+        elif match := re.fullmatch(r"(?:koi[-\s]?|k)?(\d{1,5})(\.\d{0,2})?", text, _FLAGS):
+            digits, suffix = match.groups()
+            literal = suffix is None and (digits.startswith("0") or len(digits) == 5)
+            keys.append((self.names, None, f"K{digits}" if literal else f"K{int(digits):05d}{suffix or ''}"))
+        if "kepler".startswith(text):
+            keys.append((index[0], index[1], text))
+        elif match := re.fullmatch(r"kepler[-\s]?(?:(\d{1,5})(?:\s?([a-z])(?:\s?([a-z]))?)?)?", text, _FLAGS):
+            number, star, planet = match.groups()
+            key = "kepler-" if number is None else f"kepler-{int(number)}"
+            if star is not None:
+                key += f" {star} {planet}" if planet else f" {star}"
+            keys.append((index[0], index[1], key))
+        found: list[dict] = []
+        seen: set[int] = set()
+        current = self._dispositions[self.current_disposition]
+        for sorted_keys, rows, start in keys:
+            i = bisect_left(sorted_keys, start)
+            while len(found) < limit and i < len(sorted_keys) and sorted_keys[i].startswith(start):
+                row = i if rows is None else rows[i]
+                i += 1
+                if row in seen:
+                    continue
+                seen.add(row)
+                found.append({"koi": self.names[row], "kepler_name": self._kepler_names[row],
+                              "disposition": current[row]})
+        return found
+
 
 def _check_columns(table: pd.DataFrame) -> tuple[list[str], tuple[str, ...]]:
     """The disposition columns (oldest first) and the feature columns, once the table is known to

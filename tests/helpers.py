@@ -1,8 +1,10 @@
 """Small builders shared by tests."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+import time
 from pathlib import Path
 
 from runtimes.schema import input_schema, output_schema
@@ -34,3 +36,22 @@ def publish_copy(registry, name: str, source_version: str, new_version: str, tmp
     metadata = json.loads((target / "metadata.json").read_text())
     (target / "metadata.json").write_text(json.dumps({**metadata, "version": new_version}))
     registry.publish(name, new_version, target)
+
+
+def with_router(node, **changes) -> dict:
+    """The node's application config with the Router's user_config changed."""
+    config = copy.deepcopy(node.config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["user_config"].update(changes)
+    return config
+
+
+def until(condition, timeout: float = 30) -> None:
+    """Waits for `condition()` to hold, polling; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")

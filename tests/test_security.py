@@ -11,6 +11,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .helpers import until, with_router
 from .ray_cluster import ADMIN_KEY, JWT_AUDIENCE, JWT_ISSUER, LIMITED_KEY, LIMITED_RPM, PREDICT_KEY, SERVE_URL
 from .test_serving import _row
 
@@ -21,38 +22,21 @@ V2_BODY = {"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP32",
 KEYED = {"X-API-Key": PREDICT_KEY}
 
 
-def _with_router(node, **changes) -> dict:
-    config = copy.deepcopy(node.config)
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Router":
-            deployment["user_config"].update(changes)
-    return config
-
-
-def _until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.fixture(scope="module")
 def _restored_afterwards(serve_app):
     yield
     serve_app.deploy(serve_app.config)
     serve_app.wait_running()
-    _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 200)
+    until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 200)
 
 
 @pytest.fixture
 def secured(serve_app, _restored_afterwards):
     """Authentication on, in place; applied again if a test in between deployed another config."""
     if requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code != 401:
-        serve_app.deploy(_with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000}))
+        serve_app.deploy(with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000}))
         serve_app.wait_running()
-        _until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 401)
+        until(lambda: requests.get(f"{SERVE_URL}/api/v1/models", timeout=10).status_code == 401)
     return serve_app
 
 
@@ -66,12 +50,15 @@ PREDICT_ROUTES = [
     ("POST", "/api/v1/predict", {"koi": "K00752.01"}),
     ("GET", "/api/v1/koi/K00752.01", None),
     ("GET", "/api/v1/candidates?top=3", None),
+    ("GET", "/api/v1/kois?prefix=K0075", None),
+    ("POST", "/api/v1/explain", {"koi": "K00752.01", "model": "xgboost"}),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
     ("GET", "/v2", None),
     ("GET", "/v2/models/xgboost", None),
 ]
-OPEN_ROUTES = ["/api/v1/health", "/v2/health/live", "/v2/health/ready", "/v2/models/xgboost/ready", "/metrics"]
+OPEN_ROUTES = ["/api/v1/health", "/v2/health/live", "/v2/health/ready", "/v2/models/xgboost/ready", "/metrics",
+               "/ui/", "/ui/app.css"]  # the page's own assets: it asks for the key itself
 
 
 def _call(method: str, path: str, body, headers=None) -> requests.Response:
@@ -123,7 +110,7 @@ def _sharing_rate_limits() -> int:
 
 
 def test_rate_limit_per_credential_then_recovery(secured):
-    _until(lambda: _sharing_rate_limits() == 1, timeout=70)  # one router: it enforces the whole limit
+    until(lambda: _sharing_rate_limits() == 1, timeout=70)  # one router: it enforces the whole limit
     headers = {"X-API-Key": LIMITED_KEY}
     statuses, retry_after = [], None
     for _ in range(LIMITED_RPM + 10):

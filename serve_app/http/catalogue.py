@@ -24,6 +24,14 @@ async def koi(name: str, request: Request):
     return {"catalogue_version": catalogue.version, "kois": [catalogue.row(k) for k in kois]}
 
 
+@router.get("/kois")
+async def kois(request: Request, prefix: str = Query("", max_length=64), limit: int = Query(10, ge=1, le=50)):
+    """Suggestions as one types: the KOIs whose KOI name ("752", "K00752", "KOI-752.0") or Kepler
+    name ("kepler-22") begins with `prefix`, in name order, at most `limit`; none for no match."""
+    catalogue = await ingress(request).kois.catalogue()
+    return {"catalogue_version": catalogue.version, "matches": catalogue.suggest(prefix, limit)}
+
+
 @router.get("/candidates")
 async def candidates(request: Request, model: Literal["ensemble", "xgboost", "random_forest"] = "ensemble",
                      version: str | None = None, top: int = Query(50, ge=1, le=MAX_CANDIDATES),
