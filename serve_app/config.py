@@ -16,7 +16,7 @@ from runtimes import MODEL_NAMES
 
 # Rate-limit tokens per explained row: about one per 25 ms of a replica's explain time for one row
 # (bench/explain_cost.py), the end-to-end time of a typical prediction request.
-EXPLAIN_COST = {"xgboost": 1.0, "keras_cnn": 3.0, "random_forest": 9.0}
+EXPLAIN_COST = {"xgboost": 1.0, "keras_cnn": 4.0, "random_forest": 9.0}
 
 
 class _Strict(BaseModel):
