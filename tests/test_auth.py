@@ -218,3 +218,59 @@ def test_token_buckets_refill_continuously():
     assert buckets.take("other", 60) == 0.0  # per credential
     now[0] += 1.0
     assert buckets.take("k", 60) == 0.0
+
+
+def test_token_buckets_are_bounded_and_forget_the_longest_idle():
+    now = [0.0]
+    buckets = TokenBuckets(clock=lambda: now[0], max_entries=3)
+    for who in ("a", "b", "c"):
+        buckets.take(who, 60)
+    buckets.take("a", 60)  # a is recent again: b is now the longest idle
+    buckets.take("d", 60)
+    assert list(buckets.buckets) == ["c", "a", "d"]
+    for i in range(1000):  # many distinct subjects cannot grow the table
+        buckets.take(f"token-subject-{i}", 60)
+    assert len(buckets.buckets) == 3
+
+
+def _asgi_status(app, path: str, root_path: str, headers: dict[str, str]) -> int:
+    """The status `app` answers a GET of `path` presented with `root_path`."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path, "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+@pytest.mark.parametrize("path, root_path", [
+    ("/kepler/api/v1/experiments", "/kepler"),  # root_path set, the full path kept (Starlette's way)
+    ("/api/v1/experiments", "/kepler"),  # root_path set, the prefix already stripped
+    ("/kepler/api/v1/experiments/xgboost/promote", "/kepler/"),
+    ("/api/v1/experiments", ""),  # no prefix at all
+])
+def test_scope_checks_see_the_route_after_any_prefix(path, root_path):
+    from serve_app.config import RouterSettings
+    from serve_app.http.middleware import AccessControl, Gate
+
+    async def app(scope, receive, send):  # reached only when the middleware lets the call through
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    keys = parse_keys(f"app:{hash_key('predict-key')}:predict,ops:{hash_key('admin-key')}:admin")
+    gate = Gate.of(Authenticator(keys), RouterSettings())
+    control = AccessControl(app, gate)
+    assert _asgi_status(control, path, root_path, {}) == 401
+    assert _asgi_status(control, path, root_path, {"X-API-Key": "predict-key"}) == 403  # not an admin
+    assert _asgi_status(control, path, root_path, {"X-API-Key": "admin-key"}) == 200
+    predict = path.replace("experiments/xgboost/promote", "models").replace("experiments", "models")
+    assert _asgi_status(control, predict, root_path, {}) == 401  # authentication is on by default
+    assert _asgi_status(control, predict, root_path, {"X-API-Key": "predict-key"}) == 200

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtimes.schema import input_schema
 
+from ..access import route_path
 from ..errors import BadRequest, Conflict, ModelUnavailable, NotFoundError, RateLimited, ServingError
 from ..v2 import V2Error
 
@@ -33,7 +34,7 @@ def status_of(error: BaseException) -> int:
 
 
 def is_v2(request: Request) -> bool:
-    return request.scope.get("path", "").startswith("/v2")
+    return route_path(request.scope).startswith("/v2")
 
 
 def error_response(status: int, message: str, headers: dict | None = None, v2: bool = False) -> JSONResponse:

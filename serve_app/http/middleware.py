@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..access import TokenBuckets, is_rate_limited, required_scope
+from ..access import TokenBuckets, is_rate_limited, required_scope, route_path
 from ..auth import AuthError, Authenticator, Principal
 from ..config import RouterSettings
 
@@ -63,7 +63,7 @@ class AccessControl:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        gate, path = self.gate, scope["path"]
+        gate, path = self.gate, route_path(scope)
         needed = required_scope(path)
         principal = None
         if needed == "admin" or (needed and gate.auth_enabled):
@@ -131,7 +131,7 @@ class V2JsonBodies:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v2/") and scope["method"] == "POST":
+        if scope["type"] == "http" and route_path(scope).startswith("/v2/") and scope["method"] == "POST":
             headers = scope.get("headers") or []
             if not any(name == b"content-type" for name, _ in headers):
                 scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
@@ -149,7 +149,7 @@ class PageHeaders:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not (scope["path"] == "/ui" or scope["path"].startswith("/ui/")):
+        if scope["type"] != "http" or not (route_path(scope) == "/ui" or route_path(scope).startswith("/ui/")):
             return await self.app(scope, receive, send)
 
         async def with_headers(message):
