@@ -29,6 +29,7 @@ from .koi import KOIService
 from .metrics import RouterMetrics
 from .model_calls import ModelCalls
 from .ray_internals import current_request_id
+from .refreshed import Refreshed
 from .traffic import Traffic
 from .versions import Versions
 
@@ -59,6 +60,8 @@ class Router:
         self.explainer = Explainer(self.dispatcher, self._explain_model)
         self.kois = KOIService(self.registry, self.settings.catalogue)
         self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
+        self._loaded = Refreshed(self._ask_loaded)
+        self._metrics_text = Refreshed(self._fetch_metrics)
         self._syncing: asyncio.Task | None = None
         self.app_version = APP_VERSION
         self.metrics_url = _metrics_url()
@@ -127,6 +130,11 @@ class Router:
 
     # ---- what the routes ask of Ray --------------------------------------------------------------
     async def loaded(self) -> dict[str, list[str]]:
+        """What each model deployment has loaded, asked at most once a second (health and
+        readiness are open: probes must not multiply into calls to every deployment)."""
+        return await self._loaded.get()
+
+    async def _ask_loaded(self) -> dict[str, list[str]]:
         async def one(name):
             try:
                 return await asyncio.wait_for(self.handles[name].loaded_versions.remote(), 5)
@@ -138,6 +146,10 @@ class Router:
         return await self._handle(model, version).describe.remote(version)
 
     async def metrics_text(self) -> str:
+        """This node's Prometheus text, fetched at most once a second however many scrape it."""
+        return await self._metrics_text.get()
+
+    async def _fetch_metrics(self) -> str:
         if not self.metrics_url:
             raise OSError("this node's metrics export address is unknown")
         return await asyncio.to_thread(_fetch, self.metrics_url)
