@@ -83,13 +83,15 @@ def closed_loop(call: Callable[[], bool], concurrency: int, count: int, warmup: 
 
 
 def http_call(session_local: threading.local, method: str, url: str, body=None, headers=None) -> Callable[[], bool]:
-    """A request that reuses one keep-alive connection per client thread."""
+    """A request that reuses one keep-alive connection per client thread; `body` may be a
+    function that makes each request's body."""
     def call() -> bool:
         session = getattr(session_local, "session", None)
         if session is None:
             session = session_local.session = requests.Session()
         try:
-            return session.request(method, url, json=body, headers=headers, timeout=60).status_code == 200
+            return session.request(method, url, json=body() if callable(body) else body, headers=headers,
+                                   timeout=60).status_code == 200
         except requests.RequestException:
             return False
     return call

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -29,6 +30,17 @@ class RegistrySettings(_Strict):
     cache_dir: str | None = Field(None, description="local cache of pulled versions")
     verify_key: str | None = Field(None, description="Ed25519 public key (PEM path or text); when set, "
                                                      "unsigned or wrongly signed versions are refused")
+    require_signatures: bool = Field(False, description="refuse to start when true and no verify_key is set "
+                                                        "(here or KEPLER_VERIFY_KEY)")
+
+    @model_validator(mode="after")
+    def _signatures_required(self) -> "RegistrySettings":
+        # At validation, so a cluster that must verify never starts serving unverified versions;
+        # config() resolves the key as the registry will (this setting, else KEPLER_VERIFY_KEY).
+        if self.require_signatures and not self.config().verify_key:
+            raise ValueError("registry.require_signatures is true but no registry.verify_key is configured "
+                             "(set it, or KEPLER_VERIFY_KEY, to the publisher's public key)")
+        return self
 
     def config(self) -> RegistryConfig:
         return RegistryConfig.from_env(uri=self.uri, endpoint_url=self.endpoint_url, cache_dir=self.cache_dir,
@@ -149,6 +161,35 @@ class AuthSettings(_Strict):
     requests_per_minute: float = Field(100.0, gt=0, description="per credential, across all router replicas")
 
 
+class CacheSettings(_Strict):
+    """The prediction cache: in memory per router replica, or in Redis shared by every replica
+    (which also makes rate limits exact across replicas). Versions are immutable, so entries
+    never need invalidating: a moved alias changes the concrete version in the key."""
+
+    enabled: bool = Field(True, description="answer repeated rows (same model, version and features) from the cache")
+    max_entries: int = Field(100_000, ge=1, le=10_000_000, description="in-memory cache: most rows per router replica")
+    max_bytes: int = Field(32_000_000, ge=1024, description="in-memory cache: most bytes per router replica")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL shared by every router replica; the "
+                                                    "password comes from KEPLER_REDIS_PASSWORD, never the URL")
+    ttl_s: float = Field(86_400.0, gt=0, le=30 * 86_400, description="Redis entries expire after this long")
+    redis_timeout_s: float = Field(0.25, gt=0, le=5, description="longest wait for one Redis round trip")
+    redis_failures: int = Field(3, ge=1, description="consecutive Redis failures that bypass it (cache off, "
+                                                     "per-replica rate limits) until a probe succeeds")
+    redis_cooldown_s: float = Field(5.0, gt=0, description="how long Redis is bypassed before a probe")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+            raise ValueError("redis_url: expected redis://host:port/db or rediss://host:port/db")
+        if parsed.password:  # user_config is shown by `serve status` and the dashboard
+            raise ValueError("redis_url: no password in the URL; set KEPLER_REDIS_PASSWORD in the environment")
+        return url
+
+
 class RouterSettings(_Strict):
     """The router's user_config: changed by `serve deploy` without a restart."""
 
@@ -167,6 +208,7 @@ class RouterSettings(_Strict):
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict, description="per model")
     sync_period_s: float = Field(1.0, gt=0, le=5, description="how often routers exchange state with the controller")
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     max_explain_rows: int = Field(32, ge=1, le=1000, description="most rows one /api/v1/explain call may carry")
     explain_timeout_s: float = Field(60.0, gt=0, description="longest wait for one model's explanation")
     explain_cost: dict[str, float] = Field(

@@ -3,6 +3,7 @@
     resolve the version -> project the rows onto that version's input schema (feature_rows.py)
     -> assign the variant (stable, candidate; experiments only; a request the candidate's schema
        cannot take is answered by the stable variant and left out of both variants' statistics)
+    -> the prediction cache (rows seen before, at the same version; never shadow copies)
     -> batch -> call the model (breaker, retry once)          [ModelCalls]
     -> record (metrics, the experiment's statistics) -> shadow copy
 
@@ -27,6 +28,7 @@ from .ensemble import EnsembleRecords, soft_vote
 from .errors import BadRequest, BreakerOpen, ModelUnavailable, ServingError
 from .feature_rows import FeatureRows
 from .model_calls import ModelCalls
+from .prediction_cache import PredictionCache
 from .schemas import EnsembleInfo
 from .traffic import Route, ShadowCopies, Traffic
 from .versions import Versions
@@ -77,6 +79,7 @@ class Dispatcher:
         self.observer = observer
         self.shadows = ShadowCopies(self._shadow_answer, traffic.recorder, observer.dropped_shadow)
         self.records = EnsembleRecords(versions.registry, versions.aliases)
+        self.cache: PredictionCache | None = None  # set by the ingress from settings.cache
         self.configure(settings)
 
     def configure(self, settings: RouterSettings) -> None:
@@ -113,18 +116,19 @@ class Dispatcher:
         # Only requests that name no version take part in the model's experiment.
         route = None if version_ref else self.traffic.route(model, context.headers)
         if route is None:
-            return MemberAnswer(model, version, await self._call(model, version, matrix, context), None, features)
+            answer, _ = await self._cached(model, version, matrix, context)
+            return MemberAnswer(model, version, answer, None, features)
         candidate = await self._fit_for(model, route.candidate_version if route.compares else None, rows)
         if route.compares and candidate is None:  # the candidate could not take it: compare like with like
             route = replace(route, variant="stable", compares=False)
         if route.variant == "candidate":
             answer = await self._compared(route, "candidate",
-                                          self._call(model, route.candidate_version, candidate[0], context, "candidate"))
+                                          self._cached(model, route.candidate_version, candidate[0], context, "candidate"))
             if answer is not None:
                 await self._shadow(model, route, rows, answer)
                 return MemberAnswer(model, route.candidate_version, answer, "candidate", candidate[1])
             # a failing candidate's request is answered by the stable variant
-        answer = await self._compared(route, "stable", self._call(model, version, matrix, context), reraise=True)
+        answer = await self._compared(route, "stable", self._cached(model, version, matrix, context), reraise=True)
         await self._shadow(model, route, rows, answer)
         return MemberAnswer(model, version, answer, "stable", features)
 
@@ -136,6 +140,18 @@ class Dispatcher:
             return await self.versions.check_input(model, version, rows)
         except BadRequest:
             return None
+
+    async def _cached(self, model: str, version: str, rows: np.ndarray, context: RequestContext,
+                      variant: str = "primary") -> tuple[np.ndarray, list[int]]:
+        """The answer, and which rows the model computed: the others came from the cache."""
+        if self.cache is None:
+            return await self._call(model, version, rows, context, variant), list(range(len(rows)))
+        answer, computed = await self.cache.answer(
+            model, version, rows, lambda missing: self._call(model, version, missing, context, variant))
+        if len(computed) < len(rows):
+            cached = np.delete(answer, computed, axis=0)
+            self.observer.answered(model, version, [LABELS[i] for i in cached.argmax(axis=1)], variant)
+        return answer, computed
 
     async def _call(self, model: str, version: str, rows: np.ndarray, context: RequestContext,
                     variant: str = "primary") -> np.ndarray:
@@ -152,19 +168,21 @@ class Dispatcher:
         return result
 
     async def _compared(self, route: Route, variant: str, call, reraise: bool = False) -> np.ndarray | None:
-        """The call's outcome and latency, recorded for the experiment's triggers."""
+        """The call's outcome and latency, recorded for the experiment's triggers when the model
+        computed some of it: a cache hit cannot fail and costs no model time, so counting hits
+        would dilute a failing or slow candidate's statistics."""
         started = time.perf_counter()
         try:
-            result = await call
+            result, computed = await call
         except ServingError:
             if route.compares:
                 self.traffic.recorder.failed(route.experiment, variant)
             if reraise:
                 raise
             return None
-        if route.compares:
+        if route.compares and computed:
             self.traffic.recorder.answered(route.experiment, variant, time.perf_counter() - started,
-                                           result.argmax(axis=1).tolist())
+                                           result[computed].argmax(axis=1).tolist())
         return result
 
     async def _shadow(self, model: str, route: Route, rows: FeatureRows, primary: np.ndarray) -> None:

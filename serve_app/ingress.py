@@ -19,6 +19,7 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from .auth import Authenticator
+from .cache_setup import CacheSetup
 from .config import AppArgs, RouterSettings
 from .dispatcher import Dispatcher
 from .errors import Conflict, ModelUnavailable, NotFoundError, Overloaded, ReplicaGone, ServingError
@@ -58,6 +59,8 @@ class Router:
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
         self.explainer = Explainer(self.dispatcher, self._explain_model)
+        self.caching = CacheSetup(self.metrics)
+        self._configure_cache()
         self.kois = KOIService(self.registry, self.settings.catalogue)
         self._version_handles: dict[tuple[str, str], DeploymentHandle] = {}
         self._loaded = Refreshed(self._ask_loaded)
@@ -88,6 +91,12 @@ class Router:
                            "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
         self.dispatcher.configure(self.settings)
         self.kois.configure(self.settings.catalogue)
+        self._configure_cache()
+
+    def _configure_cache(self) -> None:
+        self.caching.configure(self.settings.cache)
+        self.metrics.redis_state(self.caching.link is not None and self.caching.link.state == "bypassed")
+        self.dispatcher.cache, self.gate.shared = self.caching.cache, self.caching.limits
 
     async def check_health(self) -> None:
         self.ensure_syncing()

@@ -3,6 +3,7 @@ by its node's metrics agent (Ray prefixes each name with `ray_`). Event counters
 zero when a replica starts, so every series a dashboard uses exists in the first scrape."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter as Tally
@@ -13,10 +14,12 @@ from runtimes.schema import LABELS
 
 from .ray_internals import zero_counter
 
+logger = logging.getLogger("ray.serve")
 # Milliseconds to seconds: a prediction takes 1-50 ms here, an overloaded one seconds.
 LATENCY_BUCKETS = [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+REDIS_OPERATIONS = ("cache_get", "cache_set", "rate_limit")
 
 
 class MetricBuffer:
@@ -41,6 +44,8 @@ class MetricBuffer:
             gauge.set(value, tags=tags)
 
     def inc(self, counter: Counter, value: float, tags: dict[str, str]) -> None:
+        if value <= 0:  # Ray refuses a zero increment; the series exists from zero_counter
+            return
         key = (id(counter), tuple(sorted(tags.items())))
         with self._lock:
             pending = self._counts.get(key)
@@ -55,10 +60,13 @@ class MetricBuffer:
             with self._lock:
                 held = list(self._values.values())
                 counts, self._counts = list(self._counts.values()), {}
-            for gauge, tags, value in held:
-                gauge.set(value, tags=tags)
-            for counter, tags, value in counts:
-                counter.inc(value, tags=tags)
+            try:
+                for gauge, tags, value in held:
+                    gauge.set(value, tags=tags)
+                for counter, tags, value in counts:
+                    counter.inc(value, tags=tags)
+            except Exception:  # noqa: BLE001 - one bad record must not end every later export
+                logger.exception("a metric could not be recorded")
 
 
 class RouterMetrics:
@@ -73,9 +81,31 @@ class RouterMetrics:
                                       tag_keys=("model",))
         self.requests = Counter("http_requests_total", "Requests by route and status code",
                                 tag_keys=("route", "code"))
+        self.cache_hits = Counter("prediction_cache_hits_total", "Rows answered from the prediction cache",
+                                  tag_keys=("model",))
+        self.cache_misses = Counter("prediction_cache_misses_total", "Rows the prediction cache did not hold",
+                                    tag_keys=("model",))
+        self.redis_bypassed = Gauge("redis_breaker_open", "1 while Redis is bypassed: no shared cache, "
+                                    "per-replica rate limits")
+        self.redis_errors = Counter("redis_errors_total", "Failed or timed-out Redis round trips",
+                                    tag_keys=("operation",))
+        self.buffer.set(self.redis_bypassed, 0, {})
+        for operation in REDIS_OPERATIONS:
+            zero_counter(self.redis_errors, {"operation": operation})
         for model in models:
             self.buffer.set(self.breaker, 0, {"model": model})
-            zero_counter(self.shadow_dropped, {"model": model})
+            for counter in (self.shadow_dropped, self.cache_hits, self.cache_misses):
+                zero_counter(counter, {"model": model})
+
+    def cache_lookups(self, model: str, hits: int, misses: int) -> None:
+        self.buffer.inc(self.cache_hits, hits, {"model": model})
+        self.buffer.inc(self.cache_misses, misses, {"model": model})
+
+    def redis_state(self, bypassed: bool) -> None:
+        self.buffer.set(self.redis_bypassed, int(bypassed), {})
+
+    def redis_error(self, operation: str) -> None:
+        self.buffer.inc(self.redis_errors, 1, {"operation": operation})
 
     def zero_model(self, model: str, version: str) -> None:
         for label in LABELS:

@@ -205,4 +205,6 @@ class HealthResponse(BaseModel):
     timestamp: str
     models_loaded: dict[str, list[str]]
     cache_size: int
+    prediction_cache: dict[str, str] = Field(default_factory=dict, description="backend (memory, redis or off) "
+                                             "and whether Redis is up or bypassed")
     breakers: dict[str, str]

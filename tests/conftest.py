@@ -139,6 +139,16 @@ def moto_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Debian's redis-server on a free loopback port, with a password and a memory limit."""
+    from .redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["local", "s3"])
 def any_store(request, tmp_path, moto_server):
     if request.param == "local":

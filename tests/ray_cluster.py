@@ -8,9 +8,11 @@ from pathlib import Path
 
 from serve_app.auth import hash_key
 from serve_app.config import read_serve_config
+from serve_app.redis_link import PASSWORD_ENV
 
 from .conftest import JwtIssuer
 from .marker_guard import require_marker
+from .redis_server import PASSWORD as REDIS_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
@@ -47,6 +49,7 @@ def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None 
     app = config["applications"][0]
     app["args"]["registry"] = {"uri": registry_uri, "cache_dir": cache_dir, "verify_key": verify_key}
     env = app["runtime_env"]["env_vars"]
+    env[PASSWORD_ENV] = REDIS_PASSWORD  # the test Redis's; only the cache tests point the routers at it
     env["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,app:{hash_key(PREDICT_KEY)}:predict,"
                               f"limited:{hash_key(LIMITED_KEY)}:predict:{LIMITED_RPM}")
     if jwt_public_key:
@@ -63,7 +66,8 @@ def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None 
         if deployment["name"] == "xgboost":  # two replicas: a dying one must not fail requests
             deployment["autoscaling_config"]["min_replicas"] = 2
         if deployment["name"] == "Router":
-            deployment["user_config"].update({"alias_cache_s": 1, "model_timeout_s": 5,
+            # No prediction cache: tests send the same rows again and again to reach faulty models.
+            deployment["user_config"].update({"alias_cache_s": 1, "model_timeout_s": 5, "cache": {"enabled": False},
                                               "breaker": {"failure_threshold": 2, "cooldown_s": 3}},
                                              **router_overrides)
     return config

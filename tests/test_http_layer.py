@@ -11,6 +11,7 @@ import pytest
 
 from serve_app import v2 as codec
 from serve_app.auth import Authenticator, hash_key, parse_keys
+from serve_app.cache_setup import CacheSetup
 from serve_app.config import RouterSettings
 from serve_app.errors import BadRequest, BreakerOpen, Conflict, ModelUnavailable, NotFoundError, Overloaded
 from serve_app.http import build_http_app
@@ -33,6 +34,7 @@ class FakeIngress:
         self.requests: list[tuple[str, int]] = []
         self.metrics = self
         self.app_version = "0.0.0"
+        self.caching = CacheSetup()  # not configured: no prediction cache
 
     def request_id(self) -> str:
         return "req-1"

@@ -122,7 +122,8 @@ def test_every_dashboard_query_is_valid_promql_over_scraped_metrics(serve_app, p
     # has scraped from the cluster, and require the project's own series in a direct scrape.
     expected = {"ray_predictions_total", "ray_rollbacks_total", "ray_circuit_breaker_state",
                 "ray_shadow_dropped_total", "ray_cache_hits_total", "ray_cache_misses_total",
-                "ray_model_load_time_seconds", "ray_active_models_count", "ray_prediction_latency_seconds_bucket"}
+                "ray_model_load_time_seconds", "ray_active_models_count", "ray_prediction_latency_seconds_bucket",
+                "ray_prediction_cache_hits_total", "ray_redis_breaker_open", "ray_redis_errors_total"}
     deadline, scraped = time.monotonic() + 30, set()
     while time.monotonic() < deadline and not expected <= scraped:
         scraped |= set(re.findall(r"^(ray_\w+)", requests.get(f"{SERVE_URL}/metrics", timeout=30).text, re.M))

@@ -37,7 +37,7 @@ async def explain(body: ExplainRequest, request: Request):
     names = body.names()
     field = "koi" if body.koi is not None else "kois" if names is not None else "features" if body.features else "instances"
     _within_limit(len(names) if names is not None else len(body.rows()), service.settings.max_explain_rows, field)
-    charge(request, body.model, len(names) if names is not None else len(body.rows()))
+    await charge(request, body.model, len(names) if names is not None else len(body.rows()))
     rows, facts, catalogue = body.rows(), None, None
     if names is not None:
         catalogue, kois = await service.kois.resolve(names, field)
@@ -66,11 +66,11 @@ def _within_limit(rows: int, limit: int, field: str) -> None:
         raise BadRequest(f"{field}: {rows} rows exceed the explain limit of {limit} (max_explain_rows)")
 
 
-def charge(request: Request, model: str, rows: int) -> None:
+async def charge(request: Request, model: str, rows: int) -> None:
     """An explanation costs more than the one token its request took: explain_cost per row."""
     service = ingress(request)
     principal = request.scope.get("state", {}).get("principal")
-    wait = service.gate.charge(principal, explain_cost(model, rows, service.settings.explain_cost) - 1)
+    wait = await service.gate.charge(principal, explain_cost(model, rows, service.settings.explain_cost) - 1)
     if wait:
         raise RateLimited(f"rate limit exceeded: explaining {rows} row(s) with {model} costs "
                           f"{explain_cost(model, rows, service.settings.explain_cost):g} requests' worth",

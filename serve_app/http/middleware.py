@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..access import TokenBuckets, is_rate_limited, required_scope, route_path
 from ..auth import AuthError, Authenticator, Principal
 from ..config import RouterSettings
+from ..rate_limits import SharedLimits
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Gate:
     max_body_bytes: int
     replicas: int = 1  # router replicas sharing each credential's rate limit
     buckets: TokenBuckets = field(default_factory=TokenBuckets)
+    shared: SharedLimits | None = None  # exact limits in Redis, when configured and answering
 
     @classmethod
     def of(cls, auth: Authenticator, settings: RouterSettings) -> "Gate":
@@ -35,13 +37,25 @@ class Gate:
     def per_minute(self, principal: Principal) -> float:
         return principal.requests_per_minute or self.requests_per_minute
 
-    def charge(self, principal: Principal | None, tokens: float) -> float:
-        """Take `tokens` more from the caller's bucket, beyond the one its request took, capped at
-        a full bucket so any call can run once the bucket has refilled: 0, or the wait."""
+    async def admit(self, principal: Principal) -> float:
+        """One request's token: 0, or the seconds until the caller may send again."""
+        return await self._take(principal, 1.0)
+
+    async def charge(self, principal: Principal | None, tokens: float) -> float:
+        """Take `tokens` more, beyond the one its request took, capped at a full bucket so any
+        call can run once the bucket has refilled: 0, or the wait."""
         if principal is None or tokens <= 0:
             return 0.0
-        share = self.per_minute(principal) / max(1, self.replicas)
-        return self.buckets.take(principal.name, share, min(tokens, max(0.0, share - 1)))
+        return await self._take(principal, tokens, extra=True)
+
+    async def _take(self, principal: Principal, cost: float, extra: bool = False) -> float:
+        per_minute = self.per_minute(principal)
+        if self.shared is not None:
+            wait = await self.shared.take(principal.name, per_minute, min(cost, per_minute - 1) if extra else cost)
+            if wait is not None:
+                return wait
+        share = per_minute / max(1, self.replicas)  # Redis absent or bypassed: this replica's share
+        return self.buckets.take(principal.name, share, min(cost, max(0.0, share - 1)) if extra else cost)
 
 
 async def refuse(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -53,8 +67,8 @@ async def refuse(send, status: int, message: str, headers: dict[str, str] | None
 
 
 class AccessControl:
-    """Scopes per route (serve_app/access.py), then per-credential rate limits: each router
-    replica enforces its share of the limit locally, so no request waits on another process.
+    """Scopes per route (serve_app/access.py), then per-credential rate limits: exact across
+    router replicas in Redis when configured, else each replica's share of the limit locally.
     With authentication off only the admin routes ask for a credential."""
 
     def __init__(self, app, gate: Gate):
@@ -73,7 +87,7 @@ class AccessControl:
             except AuthError as e:
                 return await refuse(send, e.status, e.message, {"WWW-Authenticate": "Bearer"} if e.status == 401 else {})
         if principal is not None and is_rate_limited(path):
-            wait = gate.buckets.take(principal.name, gate.per_minute(principal) / max(1, gate.replicas))
+            wait = await gate.admit(principal)
             if wait:
                 return await refuse(send, 429, f"rate limit exceeded: {gate.per_minute(principal):g} requests "
                                     "per minute", {"Retry-After": str(max(1, math.ceil(wait)))})

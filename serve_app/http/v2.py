@@ -90,7 +90,7 @@ async def _explain(name: str, version: str | None, body: codec.InferRequest, out
     """`contributions` asked for: the model deployment explains the rows, which also answers them."""
     service, ctx = ingress(request), context(request)
     rows = codec.decode(body, service.settings.max_explain_rows)
-    charge(request, name, len(rows))
+    await charge(request, name, len(rows))
     explained = await observed(request, "v2_infer", name, version, len(rows),
                                lambda: service.explainer.explain(name, version, FeatureRows.of(rows), ctx), ctx)
     _, explanation = explained.members[name]
