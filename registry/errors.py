@@ -1,4 +1,6 @@
-"""Registry errors: each carries a message fit to show a user as is (the CLI prints it)."""
+"""Registry errors: each carries a message fit to show a user as is (the CLI prints it). Messages may
+name the store (its path, or s3://bucket/prefix and the endpoint): the serving path logs them and
+tells its clients what failed, never where (serve_app/errors.py: `withheld`, `not_found`)."""
 
 
 class RegistryError(Exception):

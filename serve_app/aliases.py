@@ -9,7 +9,7 @@ import time
 from registry import InvalidName, ModelRegistry, NotFound, RegistryError
 from registry.versions import check_version, is_version
 
-from .errors import BadRequest, ModelUnavailable, NotFoundError
+from .errors import BadRequest, ModelUnavailable, not_found, withheld
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,13 +31,14 @@ class AliasResolver:
         try:
             version = await asyncio.to_thread(self.registry.resolve, model, ref)
         except NotFound as e:
-            raise NotFoundError(str(e)) from None
+            raise not_found(e) from None
         except InvalidName as e:
             raise BadRequest(f"version: {e}") from None
-        except RegistryError as e:
+        except (RegistryError, OSError, ValueError, LookupError, TypeError) as e:  # unreachable or malformed
             if cached:
                 logger.warning("registry unreachable, serving %s %s as %s: %s", model, ref, cached[0], e)
                 return cached[0]
-            raise ModelUnavailable(f"cannot resolve {model} {ref}: {e}") from None
+            raise withheld(ModelUnavailable, f"cannot resolve {model} {ref}: the model registry cannot be read now",
+                           e) from None
         self._known[key] = (version, self.clock())
         return version

@@ -217,8 +217,10 @@ class ExperimentController:
         record = self._running(model)
         try:
             previous, _ = await asyncio.to_thread(self.registry.promote, model, "stable", record.candidate_version)
-        except RegistryError as e:  # moved meanwhile, or the store is down: nothing changed, say why
-            raise ValueError(f"cannot promote {model} {record.candidate_version}: {e}") from None
+        except RegistryError as e:  # moved meanwhile, or the store is down: nothing changed; where, in the log
+            logger.warning("cannot promote %s %s: %s: %s", model, record.candidate_version, type(e).__name__, e)
+            raise ValueError(f"cannot promote {model} {record.candidate_version}: the registry refused the alias "
+                             f"move or cannot be reached ({type(e).__name__}); nothing changed") from None
         event = self.decisions.end(record, "promoted", f"{reason}; stable {previous} -> {record.candidate_version}",
                                    actor)
         self._log(event)

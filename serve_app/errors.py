@@ -1,7 +1,15 @@
 """Domain errors of the serving path. They carry a message fit for the client and nothing about
 HTTP: `serve_app/http/errors.py` maps each class to a status, once, for REST and V2 alike.
-They cross the handle boundary from a model replica to the router, so they pickle by message."""
+They cross the handle boundary from a model replica to the router, so they pickle by message.
+
+A message says what went wrong in the client's terms, never where the service keeps things: a
+registry's path, bucket or endpoint and an exception's own text go to the log (`withheld`)."""
 from __future__ import annotations
+
+import logging
+import re
+
+logger = logging.getLogger("ray.serve")
 
 
 class ServingError(Exception):
@@ -57,3 +65,28 @@ class RateLimited(RetryAfter, ServingError):
 class ReplicaGone(Exception):
     """Raised by a model-call function when the replica died under the call: the dispatcher
     retries such a call once, since predictions are idempotent."""
+
+
+def withheld(kind: type[ServingError], public: str, error: BaseException) -> ServingError:
+    """`kind(public)` for the client; the detail it leaves out (a registry store's path, bucket or
+    endpoint, a file name, the exception's own text) is logged at warning level instead."""
+    logger.warning("%s (%s: %s)", public, type(error).__name__, error)
+    return kind(public)
+
+
+# The registry's NotFound messages end in "<what> not found in <store description>" when they name
+# the store (a local path, or s3://bucket/prefix at an endpoint URL); any other path or URL left in
+# one means the message as a whole is not the client's to read.
+_STORE_TAIL = re.compile(r" not found in .*\Z", re.DOTALL)
+_LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|(?:^|[\s'\"(=])(?:/|~/|[A-Za-z]:\\)")
+
+
+def not_found(error: BaseException) -> NotFoundError:
+    """A registry NotFound for the client: what is missing, never where the registry keeps it."""
+    message = str(error)
+    public = _STORE_TAIL.sub(" not found in the registry", message)
+    if _LOCATION.search(public):
+        public = "not found in the registry"
+    if public != message:
+        logger.warning("%s (%s: %s)", public, type(error).__name__, message)
+    return NotFoundError(public)

@@ -97,7 +97,7 @@ def parse_rows(rows: list[list | dict]) -> FeatureRows:
         for j, value in enumerate(row):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(float_or_inf(value))
                                           and abs(float(value)) <= FLOAT32_MAX):
-                raise RowError(i, f"{KNOWN_FEATURES[j]} (position {j}): {value!r:.40} is not a finite number "
+                raise RowError(i, f"{KNOWN_FEATURES[j]} (position {j}): {shown(value)} is not a finite number "
                                   f"within float32's range (|x| <= {FLOAT32_MAX:.4g})")
     raise AssertionError("unreachable")
 
@@ -116,6 +116,14 @@ def _row(features: list | dict) -> list:
         raise ValueError(f"expected {ACCEPTED} values in schema order, got {len(features)}")
     row[:len(features)] = features
     return row
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: its repr cut to 40 characters, or for an integer beyond
+    float32 its size (repr refuses integers of over 4,300 digits with a ValueError of its own)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    return f"{value!r:.40}"
 
 
 def float_or_inf(value: int | float) -> float:

@@ -20,7 +20,7 @@ from runtimes.out_of_fold import FILE_NAME as OUT_OF_FOLD, read_out_of_fold
 from runtimes.schema import LABELS
 from runtimes.split import is_test_star
 
-from .errors import BadRequest, ModelUnavailable, NotFoundError
+from .errors import BadRequest, ModelUnavailable, NotFoundError, withheld
 
 MAX_CANDIDATES = 5000
 
@@ -67,17 +67,17 @@ class KOIService:
             version = datasets.resolve(DATASET, self.catalogue_ref)
             return Catalogue.load(datasets.pull(DATASET, version), version)
         except NotFound as e:
-            raise ModelUnavailable(f"the KOI catalogue is not in the registry ({e}): publish it with "
-                                   "`kepler-registry dataset-publish`") from None
+            raise withheld(ModelUnavailable, f"the KOI catalogue ({DATASET} {self.catalogue_ref}) is not in the "
+                                             "registry: publish it with `kepler-registry dataset-publish`", e) from None
         except (RegistryError, ValueError, OSError) as e:
-            raise ModelUnavailable(f"the KOI catalogue cannot be loaded: {e}") from None
+            raise withheld(ModelUnavailable, "the KOI catalogue cannot be loaded now", e) from None
 
     async def resolve(self, names: list[str | int], field: str) -> tuple[Catalogue, list[str]]:
         """Names as the client wrote them -> canonical KOI names (a KIC id expands to its KOIs)."""
         catalogue = await self.catalogue()
         kois: list[str] = []
         for i, name in enumerate(names):
-            where = field if len(names) == 1 and field == "koi" else f"{field}[{i}]"
+            where = field if len(names) == 1 and field in ("koi", "name") else f"{field}[{i}]"
             try:
                 kois += catalogue.resolve(name)
             except MalformedName as e:
@@ -94,8 +94,9 @@ class KOIService:
             except NotFound:
                 raise BadRequest(f"model: {model} {version} has no out-of-fold predictions to rank with (2.x "
                                  "versions of ensemble, xgboost and random_forest have them)") from None
-            except RegistryError as e:
-                raise ModelUnavailable(f"out-of-fold predictions of {model} {version}: {e}") from None
+            except (RegistryError, OSError) as e:
+                raise withheld(ModelUnavailable, f"out-of-fold predictions of {model} {version} cannot be read from "
+                               "the model registry now", e) from None
             self._out_of_fold[key] = OutOfFold.parse(data)
         return self._out_of_fold[key]
 

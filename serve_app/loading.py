@@ -10,7 +10,7 @@ from registry import ModelRegistry, RegistryError, checksums
 from registry.errors import NotFound
 from runtimes import Runtime, load
 
-from .errors import ModelUnavailable, NotFoundError
+from .errors import ModelUnavailable, not_found, withheld
 
 
 @dataclass
@@ -28,12 +28,12 @@ def load_version(registry: ModelRegistry, name: str, version: str, threads: int)
         directory = registry.pull(name, version)
         manifest = checksums.parse((directory / checksums.MANIFEST).read_bytes(), str(directory))
     except NotFound as e:
-        raise NotFoundError(str(e)) from None
-    except RegistryError as e:
-        raise ModelUnavailable(f"{name} {version} cannot be pulled: {e}") from None
+        raise not_found(e) from None
+    except (RegistryError, OSError) as e:  # the store, the cache directory: where they are is logged only
+        raise withheld(ModelUnavailable, f"{name} {version} cannot be pulled from the model registry", e) from None
     try:
         runtime = load(name, directory, threads=threads)
         runtime.predict_proba(np.zeros((1, len(runtime.features)), dtype=np.float32))  # warm: compile/trace now
     except Exception as e:  # noqa: BLE001 - any framework error means "this version cannot load"
-        raise ModelUnavailable(f"{name} {version} cannot be loaded: {type(e).__name__}: {e}") from None
+        raise withheld(ModelUnavailable, f"{name} {version} cannot be loaded: {type(e).__name__}", e) from None
     return LoadedModel(name, version, runtime, time.perf_counter() - started, manifest)

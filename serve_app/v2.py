@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtimes.explanation import Explanation
 from runtimes.schema import LABELS, N_CLASSES
 
-from .feature_rows import FLOAT32_MAX, WIDTHS as ROW_WIDTHS
+from .feature_rows import FLOAT32_MAX, WIDTHS as ROW_WIDTHS, shown
 
 INPUT_NAME = "features"
 WIDTHS = tuple(ROW_WIDTHS)  # the table features; then the diagnostics too (2.x only)
@@ -82,21 +82,22 @@ def decode(request: InferRequest, max_rows: int) -> np.ndarray:
     """The single FP32/FP64 input tensor as a float32 matrix [N, 36] or [N, 69], NaN where a value
     equals the `missing_value` parameter (of the tensor, else of the request)."""
     if len(request.inputs) != 1:
-        raise V2Error(f"expected exactly one input tensor named '{INPUT_NAME}', got {len(request.inputs)}")
+        raise V2Error(f"inputs: expected exactly one input tensor named '{INPUT_NAME}', got {len(request.inputs)}")
     tensor = request.inputs[0]
+    where = f"input {_quoted(tensor.name)}"
     if tensor.datatype not in _FLOAT_TYPES:
-        raise V2Error(f"input '{tensor.name}': datatype must be FP32 or FP64, got {tensor.datatype!r}")
+        raise V2Error(f"{where}: datatype must be FP32 or FP64, got {tensor.datatype!r}")
     if len(tensor.shape) != 2 or tensor.shape[1] not in WIDTHS or tensor.shape[0] < 1:
-        raise V2Error(f"input '{tensor.name}': shape must be [N, {WIDTHS[0]}] or [N, {WIDTHS[1]}] with N >= 1, "
-                      f"got {tensor.shape}")
+        raise V2Error(f"{where}: shape must be [N, {WIDTHS[0]}] or [N, {WIDTHS[1]}] with N >= 1, "
+                      f"got [{', '.join(map(shown, tensor.shape))}]")
     if tensor.shape[0] > max_rows:
-        raise V2Error(f"input '{tensor.name}': {tensor.shape[0]} rows exceed the limit of {max_rows}")
+        raise V2Error(f"{where}: {shown(tensor.shape[0])} rows exceed the limit of {max_rows}")
     flat = _flatten(tensor.data)
     expected = tensor.shape[0] * tensor.shape[1]
     if len(flat) != expected:
-        raise V2Error(f"input '{tensor.name}': shape {tensor.shape} needs {expected} values, data has {len(flat)}")
+        raise V2Error(f"{where}: shape {tensor.shape} needs {expected} values, data has {len(flat)}")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
-        raise V2Error(f"input '{tensor.name}': every value must be a number (V2 has no null: mark missing "
+        raise V2Error(f"{where}: every value must be a number (V2 has no null: mark missing "
                       f"values with the '{MISSING}' parameter)")
     try:
         matrix = np.asarray(flat, dtype=np.float64).reshape(tensor.shape)
@@ -107,9 +108,15 @@ def decode(request: InferRequest, max_rows: int) -> np.ndarray:
         matrix[matrix == sentinel] = np.nan
     present = matrix[~np.isnan(matrix)] if sentinel is not None else matrix
     if not np.isfinite(present).all() or (np.abs(present) > FLOAT32_MAX).any():
-        raise V2Error(f"input '{tensor.name}': values must be finite and within float32's range "
+        raise V2Error(f"{where}: values must be finite and within float32's range "
                       f"(|x| <= {FLOAT32_MAX:.4g})")
     return matrix.astype(np.float32)
+
+
+def _quoted(name: str) -> str:
+    """A tensor's name as messages show it: quoted, escaped (a lone surrogate has no UTF-8 to answer it
+    in) and at most 64 characters of it."""
+    return repr(name) if len(name) <= 64 else f"{name[:64]!r}... ({len(name)} characters)"
 
 
 def _missing_value(request: InferRequest) -> float | None:
@@ -118,7 +125,7 @@ def _missing_value(request: InferRequest) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:
-        raise V2Error(f"parameters.{MISSING}: a finite number within float32's range, got {value!r:.40}")
+        raise V2Error(f"parameters.{MISSING}: a finite number within float32's range, got {shown(value)}")
     return float(value)
 
 
@@ -128,7 +135,7 @@ def requested_outputs(request: InferRequest, model_name: str) -> list[str]:
     names = [o.name for o in request.outputs]
     unknown = [n for n in names if n not in OUTPUTS + EXPLANATION_OUTPUTS]
     if unknown:
-        raise V2Error(f"unknown output(s) {unknown}: this model has {list(OUTPUTS + EXPLANATION_OUTPUTS)}")
+        raise V2Error(f"outputs: unknown output(s) {unknown}: this model has {list(OUTPUTS + EXPLANATION_OUTPUTS)}")
     if model_name == "ensemble" and set(names) & set(EXPLANATION_OUTPUTS):
         raise V2Error("outputs: the ensemble has no additive contributions (its members' attributions are in "
                       "different spaces); ask each member, or POST /api/v1/explain with model 'ensemble'")

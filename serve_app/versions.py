@@ -18,7 +18,7 @@ from registry import InvalidName, ModelRegistry, NotFound
 from runtimes.schema import KNOWN_FEATURES, N_FEATURES
 
 from .aliases import AliasResolver
-from .errors import BadRequest, ModelUnavailable, NotFoundError
+from .errors import BadRequest, ModelUnavailable, not_found, withheld
 from .feature_rows import FeatureRows
 
 logger = logging.getLogger("ray.serve")
@@ -26,15 +26,16 @@ DefaultRef = Callable[[str], Awaitable[str]]
 
 
 async def registry_call(function):
-    """A blocking registry read off the event loop, its failures as domain errors."""
+    """A blocking registry read off the event loop, its failures as domain errors whose messages
+    name neither the store (path, bucket, endpoint) nor the failure's own text: those are logged."""
     try:
         return await asyncio.to_thread(function)
     except NotFound as e:
-        raise NotFoundError(str(e)) from None
+        raise not_found(e) from None
     except InvalidName as e:
         raise BadRequest(str(e)) from None
     except Exception as e:  # noqa: BLE001 - registry unreachable or malformed
-        raise ModelUnavailable(f"registry unavailable: {e}") from None
+        raise withheld(ModelUnavailable, "registry unavailable: the model registry cannot be read now", e) from None
 
 
 class Versions:

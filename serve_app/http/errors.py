@@ -37,10 +37,16 @@ def is_v2(request: Request) -> bool:
     return route_path(request.scope).startswith("/v2")
 
 
+def encodable(text: str) -> str:
+    """`text` as a JSON answer can carry it: a lone surrogate a client sent (JSON's "\\ud800") has no
+    UTF-8, so it is answered escaped rather than failing the response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(status: int, message: str, headers: dict | None = None, v2: bool = False) -> JSONResponse:
     if v2 and 400 <= status < 500 and status != 429:  # a rate limit is a 429 on every protocol
         status = 400
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": encodable(message)}, status_code=status, headers=headers)
 
 
 def domain_error_response(error: ServingError | V2Error, v2: bool = False) -> JSONResponse:
@@ -90,8 +96,9 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     message = first_problem(error.errors())
     if is_v2(request):
         return error_response(400, message)
-    detail = [{"field": _location(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in error.errors()]
-    return JSONResponse({"error": message, "detail": detail[:10],
+    detail = [{"field": encodable(_location(e.get("loc", ()))), "msg": encodable(str(e.get("msg", "")))}
+              for e in error.errors()]
+    return JSONResponse({"error": encodable(message), "detail": detail[:10],
                          "expected_features": input_schema()["feature_names"]}, status_code=422)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -12,6 +13,7 @@ from .common import ingress
 from .errors import error_response
 
 router = APIRouter()
+logger = logging.getLogger("ray.serve")
 
 
 @router.get("/api/v1/health", response_model=HealthResponse)
@@ -23,7 +25,8 @@ async def health(request: Request):
     up = [m for m in service.models if loaded[m] and breakers[m] == "closed"]
     status = "healthy" if len(up) == len(service.models) else "degraded" if up else "unhealthy"
     body = HealthResponse(status=status, timestamp=dt.datetime.now(dt.timezone.utc).isoformat(),
-                          models_loaded=loaded, cache_size=sum(map(len, loaded.values())), breakers=breakers)
+                          models_loaded=loaded, cache_size=sum(map(len, loaded.values())), breakers=breakers,
+                          prediction_cache=service.caching.describe())
     return JSONResponse(body.model_dump(), status_code=200 if status != "unhealthy" else 503)
 
 
@@ -32,8 +35,9 @@ async def metrics(request: Request):
     """The Prometheus text of the node serving this request (clusters scrape every node)."""
     try:
         text = await ingress(request).metrics_text()
-    except OSError as e:
-        return error_response(503, f"this node's metrics agent did not answer: {e}")
+    except OSError as e:  # its address and the error's text are for the log, not the scraper
+        logger.warning("this node's metrics agent did not answer: %s: %s", type(e).__name__, e)
+        return error_response(503, "this node's metrics agent did not answer")
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
