@@ -6,7 +6,10 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-from serve_app.config import AppArgs, BatchSettings, RouterSettings, read_serve_config
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppArgs, BatchSettings, RegistrySettings, RouterSettings, read_serve_config
 from serve_app.http import APP_VERSION, openapi_schema
 from serve_app.settings_table import table
 
@@ -39,3 +42,14 @@ def test_shared_deployment_blocks_expand_into_independent_copies():
 def test_the_application_version_is_the_packages():
     assert APP_VERSION == version("kepler-serve")
     assert openapi_schema()["info"]["version"] == APP_VERSION
+
+
+def test_required_signatures_refuse_to_start_without_a_verify_key(monkeypatch):
+    monkeypatch.delenv("KEPLER_VERIFY_KEY", raising=False)
+    message = "registry.require_signatures is true but no registry.verify_key is configured"
+    with pytest.raises(ValidationError, match=message):  # the builder's AppArgs(**args): the app never deploys
+        AppArgs(registry={"uri": "s3://bucket/registry", "require_signatures": True})
+    assert AppArgs(registry={"require_signatures": True, "verify_key": "/etc/kepler/keys/publisher.pub"})
+    monkeypatch.setenv("KEPLER_VERIFY_KEY", "/keys/publisher.pub")  # the registry reads it when the arg is unset
+    assert RegistrySettings(require_signatures=True).config().verify_key == "/keys/publisher.pub"
+    assert RegistrySettings().require_signatures is False  # opt-in: the local quickstart runs unsigned

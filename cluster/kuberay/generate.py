@@ -77,7 +77,11 @@ def manifests() -> dict[str, dict]:
 
 
 class _BlockStrings(yaml.SafeDumper):
-    """Multi-line strings (serveConfigV2) as readable `|` blocks."""
+    """Multi-line strings (serveConfigV2) as readable `|` blocks; cluster.yaml's anchors written
+    out in full, as the head and worker templates are read, not as `*id001` references."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 _BlockStrings.add_representer(str, lambda dumper, text: dumper.represent_scalar(
