@@ -81,6 +81,18 @@ _STORE_TAIL = re.compile(r" not found in .*\Z", re.DOTALL)
 _LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|(?:^|[\s'\"(=])(?:/|~/|[A-Za-z]:\\)")
 
 
+_PATHS_AND_URLS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+|(?<![\w.])(?:~|[A-Za-z]:)?[/\\][^\s'\",;)]+")
+
+
+def scrubbed(error: BaseException, limit: int = 300) -> str:
+    """An exception's own words for the client (a framework's "Feature shape mismatch, expected 10,
+    got 36", a registry's "not signed: refused"), with every path and URL in them cut out: its
+    first line, bounded."""
+    lines = str(error).strip().splitlines()
+    text = _PATHS_AND_URLS.sub("…", lines[0] if lines else "")
+    return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
+
+
 def not_found(error: BaseException) -> NotFoundError:
     """A registry NotFound for the client: what is missing, never where the registry keeps it."""
     message = str(error)

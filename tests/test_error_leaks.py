@@ -106,7 +106,8 @@ def test_a_version_whose_runtime_fails_on_a_file_is_a_503_without_the_path(local
     monkeypatch.setattr("serve_app.loading.load", failing_load)
     error = _raised(lambda: load_version(local_registry, "xgboost", "1.0.0", threads=1))
     assert isinstance(error, ModelUnavailable)
-    assert error.message == "xgboost 1.0.0 cannot be loaded: FileNotFoundError"
+    # The exception's own words reach the client, its path cut out.
+    assert error.message == "xgboost 1.0.0 cannot be loaded: FileNotFoundError: [Errno 2] No such file or directory: '…'"
     assert_withheld(error.message, caplog, MARKER)
 
 
@@ -177,3 +178,15 @@ def test_the_metrics_route_names_no_agent_address(caplog):
     status, _, answer = call(app, "GET", "/metrics")
     assert status == 503 and answer["error"] == "this node's metrics agent did not answer", answer
     assert_withheld(answer["error"], caplog, agent)
+
+
+def test_an_unsigned_version_says_so_without_its_path(local_registry, caplog, monkeypatch):
+    from registry.errors import IntegrityError
+
+    def unsigned(name, version):
+        raise IntegrityError(f"{local_registry.cache_dir / name / version} is not signed: refused")
+
+    monkeypatch.setattr(local_registry, "pull", unsigned)
+    error = _raised(lambda: load_version(local_registry, "xgboost", "1.0.0", threads=1))
+    assert error.message == "xgboost 1.0.0 cannot be pulled: IntegrityError: … is not signed: refused"
+    assert_withheld(error.message, caplog, MARKER)
