@@ -18,7 +18,7 @@ from registry import InvalidName, ModelRegistry, NotFound
 from runtimes.schema import KNOWN_FEATURES, N_FEATURES
 
 from .aliases import AliasResolver
-from .errors import BadRequest, ModelUnavailable, not_found, withheld
+from .errors import BadRequest, ModelUnavailable, NotFoundError, not_found, withheld
 from .feature_rows import FeatureRows
 
 logger = logging.getLogger("ray.serve")
@@ -50,6 +50,8 @@ class Versions:
         self._refreshing: dict[str, asyncio.Task] = {}
         self._metadata: dict[tuple[str, str], dict] = {}
         self._unreadable: dict[tuple[str, str], float] = {}  # metadata read failed at (clock)
+        self._archived: dict[tuple[str, str], tuple[bool, float]] = {}  # -> (archived, checked at)
+        self.pinned: set[tuple[str, str]] = set()  # (model, version) the configuration names: always served
 
     @property
     def ttl_s(self) -> float:
@@ -60,8 +62,30 @@ class Versions:
         self.aliases.ttl_s = value
 
     async def resolve(self, model: str, ref: str | None) -> str:
-        """A request's version or alias, else the replicas' default, as a concrete version."""
-        return await self.aliases.resolve(model, ref or await self._default_ref(model))
+        """A request's version or alias, else the replicas' default, as a concrete version. One a
+        client names must not be archived, unless the configuration names it: refused here, before
+        any model call, metric series, cache entry or load exists for it."""
+        version = await self.aliases.resolve(model, ref or await self._default_ref(model))
+        if ref is not None and (model, version) not in self.pinned and await self._is_archived(model, version):
+            raise NotFoundError(f"version: {model} {version} is archived; it serves only where the "
+                                "configuration names it")
+        return version
+
+    async def _is_archived(self, model: str, version: str) -> bool:
+        """Asked of the registry at most once per `ttl_s` per version; while it cannot be read the
+        last answer stands, else the version is let through (the replica still has to pull it)."""
+        known = self._archived.get((model, version))
+        if known is not None and self.clock() - known[1] < self.ttl_s:
+            return known[0]
+        try:
+            archived = await asyncio.to_thread(self.registry.is_archived, model, version)
+        except Exception as e:  # noqa: BLE001 - unreachable: availability first, the replica decides
+            logger.warning("cannot tell whether %s %s is archived: %s", model, version, type(e).__name__)
+            return known[0] if known is not None else False
+        if len(self._archived) >= 1024:  # clients may name any version: keep the newest answers only
+            del self._archived[next(iter(self._archived))]
+        self._archived[(model, version)] = (archived, self.clock())
+        return archived
 
     async def _default_ref(self, model: str) -> str:
         cached = self._defaults.get(model)

@@ -34,6 +34,7 @@ class FakeRegistry:
         self.aliases = {(m, "stable"): "1.0.0" for m in MODELS} | {(m, "latest"): "1.1.0" for m in MODELS}
         self.records: dict[tuple[str, str], bytes] = {}  # ("ensemble", version) -> ensemble.json
         self.down = False
+        self.archived: set[tuple[str, str]] = set()
         self.reads = 0
         self.metadata_reads = 0
 
@@ -46,6 +47,13 @@ class FakeRegistry:
         if (model, ref) not in self.aliases:
             raise NotFound(f"{model} has no alias {ref!r}")
         return self.aliases[(model, ref)]
+
+    def is_archived(self, model: str, version: str) -> bool:
+        from registry import RegistryError
+
+        if self.down:
+            raise RegistryError("registry unreachable")
+        return (model, version) in self.archived
 
     def metadata(self, model: str, version: str) -> Metadata:
         from registry import RegistryError
@@ -329,7 +337,7 @@ def test_a_failing_candidate_is_answered_by_the_stable_variant_and_counted():
     models.cue["xgboost_candidate"] = ["fail"]
     answer = run(dispatcher.predict("xgboost", None, ROWS, CTX))
     assert answer.variant == "stable" and answer.version == "1.0.0"
-    buckets = {variant: bucket for _, variant, _, bucket in dispatcher.traffic.recorder.drain()}
+    buckets = {variant: bucket for _, variant, _, _, bucket in dispatcher.traffic.recorder.drain()}
     assert buckets["candidate"]["errors"] == 1 and buckets["candidate"]["requests"] == 2
     assert run(dispatcher.predict("xgboost", "1.0.0", ROWS, CTX)).variant is None  # a named version opts out
 
@@ -349,3 +357,27 @@ def test_a_new_candidate_version_does_not_inherit_the_breaker_an_earlier_one_ope
     assert answer.variant == "candidate" and answer.version == "1.2.0"
     assert dispatcher.calls.state("xgboost") == "closed"
 
+
+
+def test_an_archived_version_a_client_names_is_refused_before_any_model_call_unless_configured():
+    dispatcher, registry, models, observed = make()
+    registry.archived.add(("xgboost", "1.1.0"))
+    with pytest.raises(NotFoundError, match="archived"):
+        run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX))
+    with pytest.raises(NotFoundError, match="archived"):
+        run(dispatcher.predict("xgboost", "latest", ROWS, CTX))  # an alias to it too
+    assert models.calls == [] and observed.events == []  # no call, no metric series
+    dispatcher.versions.pinned = {("xgboost", "1.1.0")}  # the configuration names it: it serves
+    assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
+    registry.down = True  # asked again only after alias_cache_s: the answer stands
+    dispatcher.versions.pinned = set()
+    with pytest.raises(NotFoundError, match="archived"):
+        run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX))
+
+
+def test_the_configuration_names_its_versions():
+    from serve_app.config import AppArgs
+
+    args = AppArgs(models={"xgboost": {"default_version": "2.1.0", "preload": ["latest", "1.0.0"]}})
+    router = RouterSettings(experiments={"xgboost": {"candidate": "2.0.0", "shadow": "latest"}})
+    assert args.named_versions(router) == {("xgboost", "2.1.0"), ("xgboost", "1.0.0"), ("xgboost", "2.0.0")}
