@@ -105,6 +105,9 @@ class RollbackSettings(_Strict):
     health_failures: int = Field(3, ge=1, description="consecutive failed health checks of the candidate")
     health_period_s: float = Field(5.0, gt=0, description="how often the candidate is health-checked")
     health_timeout_s: float = Field(2.0, gt=0, description="a slower health check counts as failed")
+    max_principal_share: float = Field(0.5, gt=0, le=1, description=(
+        "most of a variant's samples in a window one credential may contribute; the rest of its requests "
+        "are served but not counted (1: no cap)"))
 
 
 class RolloutSettings(_Strict):
@@ -254,6 +257,13 @@ class AppArgs(_Strict):
         default_factory=dict, description="variant deployments to create: `<model>_candidate`, `<model>_shadow`")
 
     _pool_models = field_validator("experiment_pools")(lambda cls, v: _known_models("experiment_pools", v))
+
+    def named_versions(self, router: RouterSettings) -> set[tuple[str, str]]:
+        """(model, version) pairs the configuration names as concrete versions: defaults, preloads,
+        experiment candidates and shadows. Archived or not, these serve."""
+        named = {(m, ref) for m, s in self.models.items() for ref in (s.default_version, *s.preload)}
+        named |= {(m, ref) for m, e in router.experiments.items() for ref in (e.candidate, e.shadow) if ref}
+        return {(m, ref) for m, ref in named if is_version(ref)}
 
     def pool_names(self) -> dict[str, str]:
         """Deployment name -> model name of every variant deployment."""

@@ -18,8 +18,9 @@ from registry import RegistryError
 from .aliases import AliasResolver
 from .config import ExperimentSettings, RegistrySettings, RouterSettings
 from .errors import ServingError
-from .experiments import TERMINAL, Book, Decisions, Record
+from .experiments import TERMINAL, Book, Decisions, Record, experiments_view, router_snapshot
 from .metrics import ControllerMetrics
+from .traffic import assignment_secret
 from .variant_stats import Window
 
 logger = logging.getLogger("ray.serve")
@@ -33,6 +34,8 @@ class ExperimentController:
         self.registry = RegistrySettings(**registry).config().open()
         self.aliases = AliasResolver(self.registry, RouterSettings().alias_cache_s)
         self.window = Window()
+        # Keys sticky assignment on every router alike; kept out of the persisted book and the views.
+        self.assignment_secret = assignment_secret()
         self.book, self.etag = self._load_book()
         self.decisions = Decisions(self.book, self.window)
         self.specs: dict[str, tuple[ExperimentSettings, float]] = {}  # model -> (spec, last seen)
@@ -61,8 +64,7 @@ class ExperimentController:
         return self.snapshot()
 
     def snapshot(self) -> dict:
-        return {"generation": self.book.generation,
-                "experiments": {m: r.model_dump() for m, r in self.book.current.items()}}
+        return router_snapshot(self.book, self.assignment_secret)
 
     def _ensure_ticking(self) -> None:
         if self._ticker is None or self._ticker.done():
@@ -243,22 +245,7 @@ class ExperimentController:
 
     def view(self) -> dict:
         """Every experiment with its variants' statistics over the rollback window."""
-        experiments = {}
-        for model, record in self.book.current.items():
-            spec = self.specs.get(model, (None,))[0]
-            window_s = spec.rollback.window_s if spec else 300.0
-            variants = {"stable": {"weight": round(1 - record.weight, 4)}}
-            if record.candidate_version:
-                variants["candidate"] = {"version": record.candidate_version, "weight": record.weight}
-            if record.shadow_version:
-                variants["shadow"] = {"version": record.shadow_version, "ready": record.shadow_ready}
-            for name, variant in variants.items():
-                variant.update(self.window.summary(record.experiment_id, name, window_s, record.started_at).as_dict())
-            experiments[model] = {**record.model_dump(include={"experiment_id", "state", "reason", "changed_at",
-                                                                "weight_source", "rollout_step"}),
-                                  "sticky_header": spec.sticky_header if spec else None, "window_s": window_s,
-                                  "variants": variants}
-        return {"generation": self.book.generation, "experiments": experiments, "events": self.book.events[-20:]}
+        return experiments_view(self.book, self.window, {m: spec for m, (spec, _) in self.specs.items()})
 
 
 def _message(error: BaseException) -> str:

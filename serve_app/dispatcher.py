@@ -39,7 +39,7 @@ class RequestContext:
     """Who asks, passed explicitly down the stages."""
 
     request_id: str
-    principal: str | None = None
+    principal: str | None = None  # the credential's name; keys sticky assignment and caps its share of samples
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names: sticky assignment
 
 
@@ -114,7 +114,7 @@ class Dispatcher:
         version = await self.versions.resolve(model, version_ref)
         matrix, features = await self.versions.check_input(model, version, rows)
         # Only requests that name no version take part in the model's experiment.
-        route = None if version_ref else self.traffic.route(model, context.headers)
+        route = None if version_ref else self.traffic.route(model, context.headers, context.principal)
         if route is None:
             answer, _ = await self._cached(model, version, matrix, context)
             return MemberAnswer(model, version, answer, None, features)
@@ -122,13 +122,14 @@ class Dispatcher:
         if route.compares and candidate is None:  # the candidate could not take it: compare like with like
             route = replace(route, variant="stable", compares=False)
         if route.variant == "candidate":
-            answer = await self._compared(route, "candidate",
+            answer = await self._compared(route, "candidate", context,
                                           self._cached(model, route.candidate_version, candidate[0], context, "candidate"))
             if answer is not None:
                 await self._shadow(model, route, rows, answer)
                 return MemberAnswer(model, route.candidate_version, answer, "candidate", candidate[1])
             # a failing candidate's request is answered by the stable variant
-        answer = await self._compared(route, "stable", self._cached(model, version, matrix, context), reraise=True)
+        answer = await self._compared(route, "stable", context, self._cached(model, version, matrix, context),
+                                      reraise=True)
         await self._shadow(model, route, rows, answer)
         return MemberAnswer(model, version, answer, "stable", features)
 
@@ -167,22 +168,26 @@ class Dispatcher:
         self.observer.answered(model, version, [LABELS[i] for i in result.argmax(axis=1)], variant)
         return result
 
-    async def _compared(self, route: Route, variant: str, call, reraise: bool = False) -> np.ndarray | None:
-        """The call's outcome and latency, recorded for the experiment's triggers when the model
-        computed some of it: a cache hit cannot fail and costs no model time, so counting hits
-        would dilute a failing or slow candidate's statistics."""
+    async def _compared(self, route: Route, variant: str, context: RequestContext, call,
+                        reraise: bool = False) -> np.ndarray | None:
+        """The call's outcome and latency, recorded for the experiment's triggers (under the
+        caller's credential) when the model computed some of it: a cache hit cannot fail and costs
+        no model time, so counting hits would dilute a failing or slow candidate's statistics.
+        Latency is per computed row, so a client sending large batches to one variant cannot make
+        it look slow (or the other fast) by the size of its requests."""
         started = time.perf_counter()
         try:
             result, computed = await call
         except ServingError:
             if route.compares:
-                self.traffic.recorder.failed(route.experiment, variant)
+                self.traffic.recorder.failed(route.experiment, variant, context.principal)
             if reraise:
                 raise
             return None
         if route.compares and computed:
-            self.traffic.recorder.answered(route.experiment, variant, time.perf_counter() - started,
-                                           result[computed].argmax(axis=1).tolist())
+            per_row = (time.perf_counter() - started) / len(computed)
+            self.traffic.recorder.answered(route.experiment, variant, per_row,
+                                           result[computed].argmax(axis=1).tolist(), context.principal)
         return result
 
     async def _shadow(self, model: str, route: Route, rows: FeatureRows, primary: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .config import ExperimentSettings
+from .config import ExperimentSettings, RollbackSettings
 from .rollback import has_evidence, tripped
 from .variant_stats import Window
 
@@ -148,17 +148,17 @@ class Decisions:
         rules = spec.rollback
         if record.health_failures >= rules.health_failures:
             return "rollback", f"{record.health_failures} consecutive failed health checks of the candidate"
-        since = record.started_at
-        candidate = self.window.summary(record.experiment_id, "candidate", rules.window_s, since)
-        stable = self.window.summary(record.experiment_id, "stable", rules.window_s, since)
+        since, share = record.started_at, rules.max_principal_share
+        candidate = self.window.summary(record.experiment_id, "candidate", rules.window_s, since, share)
+        stable = self.window.summary(record.experiment_id, "stable", rules.window_s, since, share)
         reason = tripped(candidate, stable, rules)
         if reason:
             return "rollback", reason
         if spec.rollout and record.weight_source == "rollout" and record.step_started_at is not None:
             if self.clock() - record.step_started_at >= spec.rollout.step_window_s:
-                step_since = record.step_started_at
-                candidate = self.window.summary(record.experiment_id, "candidate", spec.rollout.step_window_s, step_since)
-                stable = self.window.summary(record.experiment_id, "stable", spec.rollout.step_window_s, step_since)
+                step_s, step_since = spec.rollout.step_window_s, record.step_started_at
+                candidate = self.window.summary(record.experiment_id, "candidate", step_s, step_since, share)
+                stable = self.window.summary(record.experiment_id, "stable", step_s, step_since, share)
                 if has_evidence(candidate, stable, rules):
                     last = record.rollout_step >= len(spec.rollout.steps) - 1
                     if last and spec.rollout.promote_at_end:
@@ -174,3 +174,34 @@ class Decisions:
         record.reason, record.changed_at = reason, _now_iso()
         self.book.generation += 1
         return self.book.record_event(record, "step", "rollout")
+
+
+def router_snapshot(book: Book, assignment_secret: bytes) -> dict:
+    """What routers adopt: the book, and the secret that keys sticky assignment (routers only:
+    never in `experiments_view`, the book persisted to the registry, or a log line)."""
+    return {"generation": book.generation, "assignment_secret": assignment_secret,
+            "experiments": {m: r.model_dump() for m, r in book.current.items()}}
+
+
+def experiments_view(book: Book, window: Window, specs: dict[str, ExperimentSettings]) -> dict:
+    """Every experiment with its variants' statistics over the rollback window, as the triggers
+    count them (the per-principal cap applied; `uncounted_requests` is what it left out). Built
+    without the assignment secret, so no view can carry it."""
+    experiments = {}
+    for model, record in book.current.items():
+        spec = specs.get(model)
+        rules = spec.rollback if spec else RollbackSettings()
+        variants = {"stable": {"weight": round(1 - record.weight, 4)}}
+        if record.candidate_version:
+            variants["candidate"] = {"version": record.candidate_version, "weight": record.weight}
+        if record.shadow_version:
+            variants["shadow"] = {"version": record.shadow_version, "ready": record.shadow_ready}
+        for name, variant in variants.items():
+            share = rules.max_principal_share if name != "shadow" else 1.0
+            variant.update(window.summary(record.experiment_id, name, rules.window_s, record.started_at,
+                                          share).as_dict())
+        experiments[model] = {**record.model_dump(include={"experiment_id", "state", "reason", "changed_at",
+                                                            "weight_source", "rollout_step"}),
+                              "sticky_header": spec.sticky_header if spec else None, "window_s": rules.window_s,
+                              "variants": variants}
+    return {"generation": book.generation, "experiments": experiments, "events": book.events[-20:]}

@@ -1,4 +1,5 @@
-"""The automatic rollback triggers, as pure functions of two variants' window summaries. Ray-free."""
+"""The automatic rollback triggers, as pure functions of two variants' window summaries: counts
+after the per-principal cap, latency per computed row (variant_stats.py). Ray-free."""
 from __future__ import annotations
 
 import math
@@ -20,12 +21,12 @@ def tripped(candidate: Summary, stable: Summary, rules: RollbackSettings) -> str
     enough = rules.min_samples
     if candidate.requests >= enough and candidate.error_rate > rules.max_error_rate:
         return (f"error rate {candidate.error_rate:.1%} > {rules.max_error_rate:.1%} "
-                f"({candidate.errors} of {candidate.requests} requests)")
+                f"({candidate.errors:.0f} of {candidate.requests:.0f} requests)")
     answered = candidate.requests - candidate.errors
     if answered < enough or stable.requests - stable.errors < enough:
         return None
     if candidate.p95_ms and stable.p95_ms and candidate.p95_ms > rules.max_latency_ratio * stable.p95_ms:
-        return (f"p95 latency {candidate.p95_ms:.1f} ms > {rules.max_latency_ratio:g}x the stable "
+        return (f"p95 latency per row {candidate.p95_ms:.1f} ms > {rules.max_latency_ratio:g}x the stable "
                 f"variant's {stable.p95_ms:.1f} ms")
     drift = kl_divergence(candidate.classes, stable.classes)
     if drift > rules.max_drift_kl:

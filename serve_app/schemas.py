@@ -158,7 +158,8 @@ class PredictResponse(BaseModel):
     catalogue_version: str | None = None
     model: str
     version: str
-    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")
+    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment; "
+                                "named to callers with the admin scope only")
     latency_ms: float
     ensemble: EnsembleInfo | None = None
     all_models: list[ModelAnswer] | None = None
@@ -180,7 +181,8 @@ class BatchPredictResponse(BaseModel):
     catalogue_version: str | None = None
     model: str
     version: str
-    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment")
+    variant: str | None = Field(None, description="stable or candidate, when the model runs an experiment; "
+                                "named to callers with the admin scope only")
     latency_ms: float
     ensemble: EnsembleInfo | None = None
     all_models: dict[str, list[BatchItem]] | None = None

@@ -30,6 +30,8 @@ ENVIRONMENT = (
     ("KEPLER_JWT_PUBLIC_KEY", "public key (PEM text or path) that verifies JWTs", "no JWTs"),
     ("KEPLER_JWT_ISSUER / KEPLER_JWT_AUDIENCE", "required `iss` and `aud` of JWTs: both must be set with a key",
      "none (refused)"),
+    ("KEPLER_ASSIGNMENT_SECRET", "key of sticky experiment assignment (at least 32 characters; keep it secret): "
+     "clients keep their variant across controller restarts", "random per controller start"),
     ("KEPLER_REDIS_PASSWORD", "password of the Redis in `cache.redis_url` (kept out of the config)", "none"),
     ("RAY_SERVE_*", "Serve's threading, gRPC and HAProxy ingress levers, in the application's `runtime_env` and "
      "`configs/ingress.env`", "see those files"),

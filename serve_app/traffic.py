@@ -2,13 +2,21 @@
 
 The router follows the controller's book (refreshed in the background) and its own configured
 experiments: a candidate gets traffic only while both agree on it and the book says `running`.
-Until the router has heard from the controller, everything goes to the stable variant. Ray-free."""
+Until the router has heard from the controller, everything goes to the stable variant.
+
+Sticky assignment is keyed: a client's point is an HMAC under a secret only the servers hold, so
+no client can compute which header value lands where, and every router replica (handed the same
+secret by the controller) assigns a client the same way. Ray-free."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import json
 import logging
+import os
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
@@ -30,10 +38,29 @@ class Route:
     compares: bool  # a candidate is running: the stable variant's answers are its baseline
 
 
-def sticky_draw(experiment: str, client: str) -> float:
+SECRET_ENV = "KEPLER_ASSIGNMENT_SECRET"
+MIN_SECRET_CHARS = 32
+
+
+def assignment_secret() -> bytes:
+    """The key of sticky assignment: KEPLER_ASSIGNMENT_SECRET when set (assignment then survives a
+    restart of the controller), else 32 random bytes for this controller's lifetime. A short
+    configured secret is refused: a guessable key would let clients compute their variant."""
+    configured = os.environ.get(SECRET_ENV, "").strip()
+    if not configured:
+        return secrets.token_bytes(32)
+    if len(configured) < MIN_SECRET_CHARS:
+        raise ValueError(f"{SECRET_ENV} must be at least {MIN_SECRET_CHARS} characters (e.g. openssl rand -hex 32)")
+    return configured.encode()
+
+
+def sticky_draw(secret: bytes, experiment: str, principal: str | None, client: str) -> float:
     """A client's fixed point in [0, 1) for one experiment: below the weight means candidate, so
-    raising the weight only ever moves clients onto the candidate, never back and forth."""
-    digest = hashlib.sha256(f"{experiment}|{client}".encode()).digest()
+    raising the weight only ever moves clients onto the candidate, never back and forth. The
+    credential is part of the key, so one credential's header values say nothing of another's.
+    The fields are JSON-encoded so that no two (principal, client) pairs share a message."""
+    message = json.dumps([experiment, principal or "", client]).encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -44,15 +71,19 @@ class Traffic:
         self.generation = -1
         self.recorder = Recorder()
         self.rng = rng or random.Random()
+        self.secret: bytes | None = None  # the controller's assignment secret, from its snapshots
 
     def configure(self, specs: dict[str, ExperimentSettings]) -> None:
         self.specs = dict(specs)
 
     def adopt(self, snapshot: dict) -> None:
+        # The secret is the controller's whatever the generation: a restarted controller whose
+        # persisted book lags must not leave this router keying clients differently from the others.
+        self.secret = snapshot.get("assignment_secret") or self.secret
         if snapshot["generation"] >= self.generation:
             self.generation, self.book = snapshot["generation"], snapshot["experiments"]
 
-    def route(self, model: str, headers: Mapping[str, str]) -> Route | None:
+    def route(self, model: str, headers: Mapping[str, str], principal: str | None = None) -> Route | None:
         spec, record = self.specs.get(model), self.book.get(model)
         if spec is None or record is None or (record["candidate"], record["shadow"]) != (spec.candidate, spec.shadow):
             return None  # not configured here, or the book has not caught up with this configuration
@@ -62,8 +93,10 @@ class Traffic:
             return None
         candidate = False
         if running and record["weight"] > 0:
-            client = headers.get(spec.sticky_header) if spec.sticky_header else None
-            draw = sticky_draw(record["experiment_id"], client) if client else self.rng.random()
+            client = headers.get(spec.sticky_header) if spec.sticky_header and self.secret else None
+            # Without a header value (or before a secret arrived) each request draws at random.
+            draw = (sticky_draw(self.secret, record["experiment_id"], principal, client) if client
+                    else self.rng.random())
             candidate = draw < record["weight"]
         return Route(record["experiment_id"], "candidate" if candidate else "stable",
                      record["candidate_version"], shadow, running)
@@ -129,9 +162,9 @@ class ShadowCopies:
                 self.recorder.failed(copy[1].experiment, "shadow")
             logger.debug("shadow copies for %s failed: %s", model, e)
             return
-        seconds, offset = time.perf_counter() - started, 0
+        per_row, offset = (time.perf_counter() - started) / len(answer), 0
         for _, route, rows, primary in copies:
             classes = answer[offset:offset + len(rows)].argmax(axis=1)
             offset += len(rows)
-            self.recorder.answered(route.experiment, "shadow", seconds, classes.tolist())
+            self.recorder.answered(route.experiment, "shadow", per_row, classes.tolist())
             self.recorder.compared(route.experiment, int((classes == primary).sum()), len(rows))

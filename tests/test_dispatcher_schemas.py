@@ -54,7 +54,7 @@ def test_a_request_the_candidate_schema_cannot_take_goes_to_stable_and_is_not_co
     assert not dispatcher.traffic.recorder.drain()
     answer = run(dispatcher.predict("xgboost", None, wide[:, :36], CTX))  # both can take 36 values
     assert answer.variant == "candidate" and answer.version == "1.1.0"
-    assert {variant for _, variant, _, _ in dispatcher.traffic.recorder.drain()} == {"candidate"}
+    assert {variant for _, variant, *_ in dispatcher.traffic.recorder.drain()} == {"candidate"}
 
 
 def test_a_version_with_a_fitted_record_votes_with_it_and_explicit_weights_win():

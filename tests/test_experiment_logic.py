@@ -112,8 +112,9 @@ def test_an_admin_weight_holds_until_a_different_configuration_arrives():
 
 
 def test_sticky_assignment_is_stable_and_monotone_in_the_weight():
-    draws = {f"client-{i}": sticky_draw("xgboost:1.1.0", f"client-{i}") for i in range(1000)}
-    assert draws == {c: sticky_draw("xgboost:1.1.0", c) for c in draws}
+    secret = b"s" * 32
+    draws = {f"client-{i}": sticky_draw(secret, "xgboost:1.1.0", "app", f"client-{i}") for i in range(1000)}
+    assert draws == {c: sticky_draw(secret, "xgboost:1.1.0", "app", c) for c in draws}
     on_10 = {c for c, d in draws.items() if d < 0.1}
     on_25 = {c for c, d in draws.items() if d < 0.25}
     assert on_10 < on_25 and 50 < len(on_10) < 150

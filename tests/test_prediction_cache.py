@@ -128,7 +128,7 @@ def test_a_failing_candidate_still_trips_its_error_rate_when_half_its_traffic_hi
     candidate = [c for c in models.calls if c[0] == "xgboost_candidate"]
     assert len(candidate) == 100  # the repeats were hits
     buckets = {}
-    for _, variant, _, bucket in dispatcher.traffic.recorder.drain():
+    for _, variant, _, _, bucket in dispatcher.traffic.recorder.drain():
         buckets.setdefault(variant, []).append(Bucket.from_dict(bucket))
     summary = summarize(buckets["candidate"])
     assert (summary.requests, summary.errors) == (100, 9)

@@ -27,6 +27,14 @@ def context(request: Request) -> RequestContext:
                           headers=request.headers)
 
 
+def sees_variants(request: Request) -> bool:
+    """Whether answers name the experiment variant that served them: to callers with the admin
+    scope only. Anyone else (with authentication off, everyone) is not told, so the variant is no
+    label for a client to steer its traffic by; the version is still named (README: Experiments)."""
+    principal = request.scope.get("state", {}).get("principal")
+    return principal is not None and "admin" in principal.scopes
+
+
 async def predict(request: Request, route: str, model: str, version: str | None, rows: np.ndarray,
                   all_models: bool = False) -> tuple[Answer, RequestContext]:
     ctx = context(request)
@@ -49,6 +57,9 @@ async def observed(request: Request, route: str, model: str, version: str | None
         return answer
     except ServingError as e:
         status = status_of(e)
+        raise
+    except Exception:  # a fault of ours: counted as the 500 the client gets, never as a success
+        status = 500
         raise
     finally:
         seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ from ..feature_rows import WIDTHS, FeatureRows
 from ..koi import koi_facts
 from ..schemas import BatchPredictRequest, BatchPredictResponse, ErrorResponse, PredictRequest, PredictResponse
 from ..versions import registry_call
-from .common import ingress, predict
+from .common import ingress, predict, sees_variants
 
 ERRORS = {status: {"model": ErrorResponse} for status in (404, 422, 503)}
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -42,9 +42,10 @@ def _missing(rows: FeatureRows, answer: Answer) -> list[list[str]] | None:
     return rows.missing(answer.features) if answer.features else None
 
 
-def _answer(answer: Answer, request_id: str, started: float, **fields) -> JSONResponse:
+def _answer(answer: Answer, request: Request, request_id: str, started: float, **fields) -> JSONResponse:
+    variant = answer.variant if sees_variants(request) else None
     body = {"request_id": request_id, **fields, "model": answer.model, "version": answer.version,
-            "variant": answer.variant, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "variant": variant, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "ensemble": answer.ensemble.model_dump() if answer.ensemble else None}
     return JSONResponse({k: v for k, v in body.items() if v is not None})
 
@@ -58,8 +59,8 @@ async def predict_one(body: PredictRequest, request: Request):
         return await _by_name(request, body, [body.koi], "koi", started)
     rows = body.rows()
     answer, ctx = await predict(request, "predict", body.model, body.version, rows, body.return_all_models)
-    return _answer(answer, ctx.request_id, started, **answers(answer.probabilities, body.return_probabilities,
-                                                               _missing(rows, answer))[0],
+    item = answers(answer.probabilities, body.return_probabilities, _missing(rows, answer))[0]
+    return _answer(answer, request, ctx.request_id, started, **item,
                    all_models=_members_one(answer, body.return_all_models, body.return_probabilities))
 
 
@@ -72,7 +73,7 @@ async def predict_batch(body: BatchPredictRequest, request: Request):
     _within_limit(request, len(body.instances), "instances")
     rows = body.rows()
     answer, ctx = await predict(request, "predict_batch", body.model, body.version, rows, body.return_all_models)
-    return _answer(answer, ctx.request_id, started, all_models=_members_many(answer, body),
+    return _answer(answer, request, ctx.request_id, started, all_models=_members_many(answer, body),
                    predictions=answers(answer.probabilities, body.return_probabilities, _missing(rows, answer)))
 
 
@@ -89,9 +90,9 @@ async def _by_name(request: Request, body, names: list, field: str, started: flo
     items = [{**item, **fact} for item, fact in zip(
         answers(answer.probabilities, body.return_probabilities, _missing(rows, answer)), facts)]
     if field == "koi" and len(kois) == 1:
-        return _answer(answer, ctx.request_id, started, **items[0], catalogue_version=catalogue.version,
+        return _answer(answer, request, ctx.request_id, started, **items[0], catalogue_version=catalogue.version,
                        all_models=_members_one(answer, body.return_all_models, body.return_probabilities))
-    return _answer(answer, ctx.request_id, started, predictions=items, catalogue_version=catalogue.version,
+    return _answer(answer, request, ctx.request_id, started, predictions=items, catalogue_version=catalogue.version,
                    all_models=_members_many(answer, body))
 
 
