@@ -39,6 +39,7 @@ _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUn
 # serve.status() parses (and pickles) every deployment's config: 6% of a busy router's CPU when
 # asked every 5 s. Router counts change only when it autoscales; a new replica asks at once.
 ROUTER_COUNT_PERIOD_S = 30.0
+REGISTRY_PROBE_PERIOD_S = 15.0  # one HEAD request (S3) per router every 15 s: cheap, and soon enough to alert
 
 
 @serve.ingress()
@@ -55,6 +56,7 @@ class Router:
         self.gate = Gate.of(Authenticator.from_env(), self.settings)
         self.metrics = RouterMetrics(self.models)
         self.versions = Versions(self.registry, self._default_ref, self.configured_defaults, self.settings.alias_cache_s)
+        self.versions.pinned = self.args.named_versions(self.settings)
         self.traffic = Traffic()
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
@@ -91,6 +93,7 @@ class Router:
                            "reach this port. Turn it on (user_config auth.enabled) anywhere but a laptop.")
         self.dispatcher.configure(self.settings)
         self.kois.configure(self.settings.catalogue)
+        self.versions.pinned = self.args.named_versions(self.settings)
         self._configure_cache()
 
     def _configure_cache(self) -> None:
@@ -186,11 +189,14 @@ class Router:
             self._syncing = asyncio.ensure_future(self._sync_forever())
 
     async def _sync_forever(self) -> None:
-        counted = -ROUTER_COUNT_PERIOD_S
+        counted = probed = -ROUTER_COUNT_PERIOD_S
         while True:
             if time.monotonic() - counted > ROUTER_COUNT_PERIOD_S:
                 counted = time.monotonic()
                 self.gate.replicas = await asyncio.to_thread(_router_replicas, self.gate.replicas)
+            if time.monotonic() - probed > REGISTRY_PROBE_PERIOD_S:
+                probed = time.monotonic()
+                self.metrics.registry_reachable(await asyncio.to_thread(_registry_reachable, self.registry))
             if self.controller is not None:
                 await self._sync_once()
             await asyncio.sleep(self.settings.sync_period_s)
@@ -214,6 +220,16 @@ def _router_replicas(known: int) -> int:
         return max(1, status.replica_states.get("RUNNING", known))
     except Exception:  # noqa: BLE001 - keep the last count
         return known
+
+
+def _registry_reachable(registry) -> bool:
+    """Whether the registry's store answers: a key that need not exist, asked (S3: one HEAD)."""
+    try:
+        registry.store.exists("models/.reachable")
+        return True
+    except Exception as e:  # noqa: BLE001 - the store says unreachable in its own words
+        logger.warning("model registry unreachable: %s", type(e).__name__)
+        return False
 
 
 def _replica_id() -> str:

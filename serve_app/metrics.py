@@ -89,6 +89,8 @@ class RouterMetrics:
                                     "per-replica rate limits")
         self.redis_errors = Counter("redis_errors_total", "Failed or timed-out Redis round trips",
                                     tag_keys=("operation",))
+        self.registry_up = Gauge("registry_reachable", "1 while this router's probe of the model registry's "
+                                 "store (local or S3) succeeds, 0 while it fails")
         self.buffer.set(self.redis_bypassed, 0, {})
         for operation in REDIS_OPERATIONS:
             zero_counter(self.redis_errors, {"operation": operation})
@@ -103,6 +105,9 @@ class RouterMetrics:
 
     def redis_state(self, bypassed: bool) -> None:
         self.buffer.set(self.redis_bypassed, int(bypassed), {})
+
+    def registry_reachable(self, reachable: bool) -> None:
+        self.buffer.set(self.registry_up, int(reachable), {})
 
     def redis_error(self, operation: str) -> None:
         self.buffer.inc(self.redis_errors, 1, {"operation": operation})
