@@ -23,6 +23,11 @@ RUNNING: dict = {}  # session-wide Ray instances, so a multi-node cluster can st
 _RAY_BEFORE = pytest.StashKey[bool]()  # whether this process was connected to Ray when a test began
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak-seconds", type=float, default=100.0,
+                     help="how long the chaos soak (tests/test_cluster.py::test_chaos_soak) injects faults")
+
+
 def pytest_sessionstart(session):
     """pytest-randomly's seed on the first line of a quiet run too (`-q` hides the header it is in),
     so that any run's order can be replayed with --randomly-seed=N."""
@@ -137,6 +142,16 @@ def moto_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _answers_are_distributions():
+    """Every probability any test reads from the service is finite and every row sums to 1."""
+    from . import answer_checks
+
+    uninstall = answer_checks.install()
+    yield
+    uninstall()
 
 
 @pytest.fixture(scope="session")

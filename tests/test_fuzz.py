@@ -61,3 +61,38 @@ def test_every_deployment_healthy_after_fuzzing(serve_app):
     assert health["status"] == "healthy", health
     deployments = serve_app.serve_status()["applications"]["kepler"]["deployments"]
     assert all(d["status"] == "HEALTHY" for d in deployments.values()), deployments
+
+
+# Values the generator never makes, in every body the service parses: an integer of 400 digits,
+# float32 overflow, JSON's non-standard NaN, 10,000-deep nesting, a megabyte string.
+HOSTILE_VALUES = {"400-digit integer": "1" + "0" * 400, "1e39": "1e39", "-1e39": "-1e39", "NaN literal": "NaN",
+                  "deep nesting": "[" * 10_000 + "]" * 10_000, "1 MB string": '"' + "x" * 1_000_000 + '"'}
+ROW_TAIL = ", 1.0" * 35
+HOSTILE_BODIES = {  # route -> (body template with {v} the hostile value in a feature's place, field named)
+    "/api/v1/predict": ('{"features": [{v}' + ROW_TAIL + '], "model": "xgboost"}', "features"),
+    "/api/v1/predict/batch": ('{"instances": [[{v}' + ROW_TAIL + ']], "model": "ensemble"}', "instances"),
+    "/api/v1/explain": ('{"features": [{v}' + ROW_TAIL + '], "model": "xgboost"}', "features"),
+    "/v2/models/xgboost/infer": ('{"inputs": [{"name": "features", "shape": [1, 36], "datatype": "FP64", '
+                                 '"data": [{v}' + ROW_TAIL + ']}]}', "input"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(HOSTILE_BODIES))
+@pytest.mark.parametrize("value", sorted(HOSTILE_VALUES))
+def test_values_the_generator_never_makes_get_a_4xx_naming_the_field(serve_app, route, value):
+    template, field = HOSTILE_BODIES[route]
+    body = template.replace("{v}", HOSTILE_VALUES[value]).encode()
+    response = requests.post(f"{SERVE_URL}{route}", data=body, headers={"Content-Type": "application/json"},
+                             timeout=60)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    error = response.json()["error"]  # the field, or the body itself when it is not JSON the parser accepts
+    assert field in error or error.startswith("body"), error[:300]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/koi/" + "9" * 400, "/api/v1/koi/K" + "0" * 5000 + ".01",
+                                  "/api/v1/kois?prefix=" + "%00" * 100, "/api/v1/candidates?top=" + "9" * 400,
+                                  "/api/v1/koi/%ED%A0%80"])
+def test_hostile_names_and_numbers_in_paths_and_queries_get_a_4xx(serve_app, path):
+    response = requests.get(f"{SERVE_URL}{path}", timeout=60)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["error"]

@@ -53,8 +53,9 @@ class FakeIngress:
 
 
 def call(app, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
-         chunks: int = 1) -> tuple[int, dict, dict]:
-    """One request through the ASGI app: (status, headers, JSON body)."""
+         chunks: int = 1, answered_faults: bool = False) -> tuple[int, dict, dict]:
+    """One request through the ASGI app: (status, headers, JSON body). With `answered_faults`, an
+    exception Starlette re-raises after answering 500 (as servers log it) is not raised here."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
     header_list = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if chunks == 1 and "content-length" not in {k.lower() for k in headers or {}}:
@@ -75,7 +76,11 @@ def call(app, method: str, path: str, body: bytes | dict | None = None, headers:
     scope = {"type": "http", "http_version": "1.1", "method": method, "path": path, "raw_path": path.encode(),
              "root_path": "", "scheme": "http", "query_string": b"", "headers": header_list,
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
-    asyncio.run(app(scope, receive, send))
+    try:
+        asyncio.run(app(scope, receive, send))
+    except Exception:  # noqa: BLE001 - re-raised by Starlette after its 500 answer
+        if not answered_faults:
+            raise
     start = next(m for m in sent if m["type"] == "http.response.start")
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
@@ -232,3 +237,15 @@ def test_v2_decoding_takes_nested_data_and_survives_deep_nesting():
         deep = [deep]
     with pytest.raises(codec.V2Error, match="needs 36 values"):
         codec.decode(_request(data=deep), 1000)
+
+
+def test_a_fault_of_the_service_is_counted_as_the_500_the_client_gets():
+    app, ingress = app_with()
+
+    async def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+    ingress.dispatcher.predict = broken
+    status, _, body = call(app, "POST", "/api/v1/predict", {"features": ROW, "model": "xgboost"},
+                           answered_faults=True)
+    assert status == 500 and "a bug" not in json.dumps(body)
+    assert ingress.requests[-1] == ("predict", 500)  # never counted as a success

@@ -182,3 +182,29 @@ def test_a_thousand_row_batch_is_served(serve_app):
     response = requests.post(f"{SERVE_URL}/api/v1/predict/batch", json={"instances": [_row()] * 1000,
                                                                          "model": "xgboost"}, headers=KEYED, timeout=60)
     assert response.status_code == 200 and len(response.json()["predictions"]) == 1000
+
+
+def test_under_a_route_prefix_a_predict_key_cannot_reach_the_admin_routes(serve_app):
+    """The application deployed under /kepler: scopes are checked on the route after the prefix,
+    so /kepler/api/v1/experiments is an admin route like /api/v1/experiments."""
+    config = with_router(serve_app, auth={"enabled": True, "requests_per_minute": 6000})
+    config["applications"][0]["route_prefix"] = "/kepler"
+    serve_app.deploy(config)
+    try:
+        _prefixed_scopes()
+    finally:  # back at /, as every other test expects
+        serve_app.deploy(serve_app.config)
+        serve_app.wait_running()
+
+
+def _prefixed_scopes() -> None:
+    prefixed = f"{SERVE_URL}/kepler"
+    until(lambda: requests.get(f"{prefixed}/api/v1/health", timeout=10).status_code == 200, 120)
+    admin_routes = [("GET", "/api/v1/experiments"), ("POST", "/api/v1/experiments/xgboost/rollback"),
+                    ("POST", "/api/v1/experiments/xgboost/promote"), ("PUT", "/api/v1/experiments/xgboost/weight")]
+    for method, path in admin_routes:
+        response = requests.request(method, f"{prefixed}{path}", json={"weight": 0.5}, headers=KEYED, timeout=30)
+        assert response.status_code == 403, (path, response.status_code, response.text)
+    assert requests.get(f"{prefixed}/api/v1/experiments", headers={"X-API-Key": ADMIN_KEY}, timeout=30).status_code == 200
+    assert requests.post(f"{prefixed}/api/v1/predict", json=ROW, headers=KEYED, timeout=30).status_code == 200
+    assert requests.post(f"{prefixed}/api/v1/predict", json=ROW, timeout=30).status_code == 401

@@ -102,7 +102,13 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
                          "expected_features": input_schema()["feature_names"]}, status_code=422)
 
 
+async def _fault(request: Request, error: Exception) -> JSONResponse:
+    """A fault of the service's own: JSON like every other error, nothing of its text (it is logged)."""
+    return error_response(500, "internal error: the fault is logged; retrying will not help")
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _fault)
     app.add_exception_handler(ServingError, _domain_error)
     app.add_exception_handler(V2Error, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
