@@ -14,6 +14,10 @@ class TcpProxy:
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def start(self) -> "TcpProxy":
         server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

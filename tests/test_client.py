@@ -29,6 +29,9 @@ def test_client_against_the_application(serve_app):
     assert set(client.models()) == {"keras_cnn", "xgboost", "random_forest"}
     assert client.model_info("xgboost")["version"] == "1.0.0"
     assert client.health()["status"] == "healthy"
+    assert client.explain(koi="K00752.01", model="xgboost")["explanations"][0]["method"]
+    outputs = {o["name"]: o for o in client.infer("xgboost", [as_json_row(r) for r in held_out(2)])["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, 3]
     with pytest.raises(KeplerError) as error:
         client.predict([1.0] * 35, model="xgboost")
     assert error.value.status == 422 and "36" in error.value.message

@@ -153,3 +153,38 @@ def test_without_retries_a_refused_connection_fails_at_once():
     with pytest.raises(KeplerConnectionError, match="failed after 1 attempt: "):
         KeplerClient(f"http://127.0.0.1:{free_port()}", retries=0, backoff_s=0.5, timeout=1).health()
     assert time.monotonic() - started < 0.5
+
+
+def test_every_retry_is_noted_with_its_status_and_whether_it_said_when(peer):
+    peer.script((503, {"Retry-After": "0"}, {"error": "overloaded"}), (429, {}, {"error": "slow down"}),
+                HANG_UP, (200, {}, PREDICTION))
+    log = []
+    KeplerClient(peer.url, retries=3, backoff_s=0.01, retry_log=log).predict([1.0] * 36)
+    assert [(r.status, r.retry_after) for r in log[:2]] == [(503, True), (429, False)]
+    assert log[2].status is None and log[2].error  # the hang-up: a failed read
+    assert len(log) == 3
+
+
+def test_explain_and_v2_infer_send_what_the_api_takes(peer):
+    peer.script((200, {}, {"explanations": []}), (200, {}, {"outputs": []}))
+    client = KeplerClient(peer.url, retries=0)
+    client.explain(koi="K00752.01", model="random_forest")
+    client.infer("xgboost", [[1.0, None], [2.0, 3.0]])
+    (_, explain_path, _, explain_body), (_, infer_path, _, infer_body) = peer.seen
+    assert explain_path == "/api/v1/explain" and explain_body == {"model": "random_forest", "version": None,
+                                                                 "koi": "K00752.01"}
+    [tensor] = infer_body["inputs"]
+    assert infer_path == "/v2/models/xgboost/infer" and tensor["shape"] == [2, 2] and tensor["datatype"] == "FP64"
+    assert tensor["data"][1] == tensor["parameters"]["missing_value"] and tensor["data"][3] == 3.0
+
+
+def test_a_request_lost_with_its_replica_is_sent_again_but_the_services_own_500_is_not(peer):
+    peer.script((500, {"Content-Type": "text/plain"}, "Internal Server Error"), (200, {}, PREDICTION),
+                (500, {}, {"error": "internal error: the fault is logged; retrying will not help"}))
+    log = []
+    client = KeplerClient(peer.url, retries=2, backoff_s=0.01, retry_log=log)
+    assert client.predict([1.0] * 36).prediction == "CONFIRMED"
+    assert [(r.status, r.error) for r in log] == [(500, "lost in flight")]
+    with pytest.raises(KeplerError) as error:
+        client.predict([1.0] * 36)
+    assert error.value.status == 500 and len(peer.seen) == 3  # the JSON 500: not sent again

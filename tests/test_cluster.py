@@ -17,6 +17,7 @@ import requests
 from registry import ModelRegistry, S3Store
 from registry.signing import load_private_key
 
+from .chaos import Soak
 from .conftest import RUNNING, free_port
 from .helpers import publish_copy
 from .ray_cluster import SERVE_URL, TEST_ENV, LocalCluster, serve_test_config
@@ -46,16 +47,17 @@ def cluster_config(registry_uri: str, endpoint_url: str, cache_dir: str, verify_
 
 
 def s3_copy_of(trained_registry, moto_server, endpoint_url: str, tmp_path, signing_key):
-    """The trained versions, signatures and aliases, published to a bucket behind the proxy."""
+    """The trained versions and datasets, their signatures and aliases, published to a bucket behind
+    the proxy."""
     bucket = moto_server.store().bucket
     registry = ModelRegistry(S3Store(bucket, "registry", endpoint_url=endpoint_url, connect_timeout=1),
                              tmp_path / "publisher-cache", signing_key=signing_key)
-    for name in trained_registry.models():
-        for version in trained_registry.versions(name):
-            registry.publish(name, version, trained_registry.pull(name, version),
-                             trained_registry.signature(name, version))
-        for alias, version in trained_registry.aliases(name).items():
-            registry.set_alias(name, alias, version)
+    for source, target in ((trained_registry, registry), (trained_registry.datasets, registry.datasets)):
+        for name in source.names():  # the models, and the KOI catalogue the by-name routes read
+            for version in source.versions(name):
+                target.publish(name, version, source.pull(name, version), source.signature(name, version))
+            for alias, version in source.aliases(name).items():
+                target.set_alias(name, alias, version)
     return registry, f"s3://{bucket}/registry"
 
 
@@ -268,3 +270,41 @@ def test_s3_outage_while_serving_then_a_cold_start_from_the_cache(cluster, tmp_p
         cluster.proxy.start()  # the endpoint is back
     back = requests.post(PREDICT, json={"features": row, "model": "xgboost", "version": "9.3.0"}, timeout=60)
     assert back.status_code == 200 and back.json()["version"] == "9.3.0"
+
+
+def _registry_state(registry) -> dict:
+    """Every model's and dataset's versions, aliases and (verified) manifests."""
+    return {(kind.KIND, name): (kind.versions(name), kind.aliases(name),
+                                {v: kind.manifest(name, v) for v in kind.versions(name)})
+            for kind in (registry, registry.datasets) for name in kind.names()}
+
+
+def test_chaos_soak(cluster, request, tmp_path):
+    """Two routers, the registry on S3, mixed traffic through the client while faults follow one
+    another (tests/chaos.py). Longer: pytest tests/test_cluster.py -k soak --soak-seconds 1800."""
+    config = copy.deepcopy(cluster.config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["num_replicas"] = 2
+    before = _registry_state(cluster.s3)
+    cluster.put(config)
+    cluster.wait_running()
+    soak = Soak(cluster, config, SERVE_URL, [as_json_row(r) for r in held_out(12)],
+                seconds=request.config.getoption("soak_seconds"), seed=int(time.time()))
+    try:
+        report = soak.run()
+    finally:
+        if not cluster.proxy.running:
+            cluster.proxy.start()
+        cluster.put(cluster.config)  # one router again, for the other tests in any order
+        cluster.wait_running()
+    print(f"\nchaos soak (seed {soak.seed}): {report['requests']} requests, {report['retries']} retries "
+          f"({report['lost_in_flight']} lost in flight with a killed router) "
+          f"{report['retried_statuses']}, p50/p99 {report['p50_p99_ms']} ms, during faults "
+          f"{report['p50_p99_ms_during_faults']} ms; faults {report['faults']}")
+    assert report["requests"] > 100 and report["kinds"] == ["batch", "ensemble", "explain", "koi", "predict", "v2"]
+    assert not report["failed"], report["failed"][:5]
+    assert not soak.bad_retries(), soak.bad_retries()
+    assert {name for name, _ in report["faults"]} == {"model replica killed", "router replica killed",
+                                                       "config redeployed", "S3 away and back"}, report["faults"]
+    assert _registry_state(cluster.s3) == before  # versions, aliases and signed manifests intact
