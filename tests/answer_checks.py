@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import requests
 
 SERVICE_PORT = ":8000"  # the Serve proxy's port, on the single node and on the cluster alike
+# The routes that answer with probabilities (not /openapi.json, whose schemas name the same fields).
+ANSWERING = re.compile(r"(/[^/]+)?/(api/v1/(predict(/batch)?|explain|koi/[^?]*|candidates)|v2/models/[^/]+"
+                       r"(/versions/[^/]+)?/infer)(\?.*)?$")
 TOLERANCE = 1e-6
 
 
@@ -56,6 +60,7 @@ def install() -> callable:
     def send(session, request, **kwargs):
         response = original(session, request, **kwargs)
         if (not kwargs.get("stream") and SERVICE_PORT in (request.url or "") and response.status_code == 200
+                and ANSWERING.match(request.path_url)
                 and response.headers.get("content-type", "").startswith("application/json")):
             try:
                 body = response.json()

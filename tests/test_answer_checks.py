@@ -32,3 +32,14 @@ def test_it_refuses_rows_that_are_not_distributions(row):
         check_answer({"predictions": [{"probabilities": GOOD}, {"probabilities": row}]})
     with pytest.raises(BadProbabilities):
         check_answer({"outputs": [{"name": "probabilities", "shape": [1, 3], "data": list(row.values()) or [0.1]}]})
+
+
+def test_only_the_routes_that_answer_with_probabilities_are_checked():
+    from .answer_checks import ANSWERING
+
+    answering = ["/api/v1/predict", "/api/v1/predict/batch", "/api/v1/explain", "/api/v1/koi/K00752.01",
+                 "/api/v1/candidates?top=3", "/v2/models/xgboost/infer", "/v2/models/xgboost/versions/1.0.0/infer",
+                 "/kepler/api/v1/predict"]
+    others = ["/openapi.json", "/api/v1/schema", "/api/v1/models", "/api/v1/health", "/v2/models/xgboost",
+              "/api/v1/experiments", "/docs"]
+    assert all(ANSWERING.match(p) for p in answering) and not any(ANSWERING.match(p) for p in others)
