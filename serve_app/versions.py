@@ -72,8 +72,9 @@ class Versions:
         return version
 
     async def _is_archived(self, model: str, version: str) -> bool:
-        """Asked of the registry at most once per `ttl_s` per version; while it cannot be read the
-        last answer stands, else the version is let through (the replica still has to pull it)."""
+        """Asked of the registry at most once per `ttl_s` per version, answered or not; while it
+        cannot be read the last answer stands, else the version is let through (the replica still
+        has to pull it)."""
         known = self._archived.get((model, version))
         if known is not None and self.clock() - known[1] < self.ttl_s:
             return known[0]
@@ -81,7 +82,8 @@ class Versions:
             archived = await asyncio.to_thread(self.registry.is_archived, model, version)
         except Exception as e:  # noqa: BLE001 - unreachable: availability first, the replica decides
             logger.warning("cannot tell whether %s %s is archived: %s", model, version, type(e).__name__)
-            return known[0] if known is not None else False
+            # Not asked again for ttl_s: during an outage no request waits on the store's timeouts.
+            archived = known[0] if known is not None else False
         if len(self._archived) >= 1024:  # clients may name any version: keep the newest answers only
             del self._archived[next(iter(self._archived))]
         self._archived[(model, version)] = (archived, self.clock())

@@ -35,6 +35,7 @@ class FakeRegistry:
         self.records: dict[tuple[str, str], bytes] = {}  # ("ensemble", version) -> ensemble.json
         self.down = False
         self.archived: set[tuple[str, str]] = set()
+        self.archived_reads = 0
         self.reads = 0
         self.metadata_reads = 0
 
@@ -51,6 +52,7 @@ class FakeRegistry:
     def is_archived(self, model: str, version: str) -> bool:
         from registry import RegistryError
 
+        self.archived_reads += 1
         if self.down:
             raise RegistryError("registry unreachable")
         return (model, version) in self.archived
@@ -381,3 +383,15 @@ def test_the_configuration_names_its_versions():
     args = AppArgs(models={"xgboost": {"default_version": "2.1.0", "preload": ["latest", "1.0.0"]}})
     router = RouterSettings(experiments={"xgboost": {"candidate": "2.0.0", "shadow": "latest"}})
     assert args.named_versions(router) == {("xgboost", "2.1.0"), ("xgboost", "1.0.0"), ("xgboost", "2.0.0")}
+
+
+def test_while_the_registry_is_down_the_archived_check_waits_on_it_once_per_ttl_not_per_request():
+    clock = Clock()
+    dispatcher, registry, _, _ = make(clock=clock)
+    registry.down = True
+    for _ in range(5):  # never checked: let through (the replica decides), asked once
+        assert run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX)).version == "1.1.0"
+    assert registry.archived_reads == 1
+    clock.now += 60
+    run(dispatcher.predict("xgboost", "1.1.0", ROWS, CTX))
+    assert registry.archived_reads == 2

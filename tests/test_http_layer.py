@@ -54,10 +54,11 @@ class FakeIngress:
 
 def call(app, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
          chunks: int = 1, answered_faults: bool = False) -> tuple[int, dict, dict]:
-    """One request through the ASGI app: (status, headers, JSON body). With `answered_faults`, an
+    """One request through the ASGI app: (status, headers, JSON body); header values may be raw
+    bytes. With `answered_faults`, an
     exception Starlette re-raises after answering 500 (as servers log it) is not raised here."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    header_list = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    header_list = [(k.lower().encode(), v if isinstance(v, bytes) else v.encode()) for k, v in (headers or {}).items()]
     if chunks == 1 and "content-length" not in {k.lower() for k in headers or {}}:
         header_list.append((b"content-length", str(len(raw)).encode()))
     if isinstance(body, dict):
