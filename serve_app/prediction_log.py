@@ -8,19 +8,22 @@ are evicted. A record (one `record` call: a request's rows from one model) is ke
 whole, so a lookup never returns part of a record's rows. Storage is columnar: rows and
 per-record fields live in fixed-size numpy blocks; the only Python objects per record are the
 request id (the index's key) and its index slot. Measured with `measure_bytes_per_entry`
-(tracemalloc, 100,000 single-row requests with 36-character ids): 205 bytes per entry, so about
-205 MB per million single-row predictions, most of it the id string and its dict slot; in
-100-row requests a row costs 14 bytes (about 14 MB per million rows).
+(tracemalloc, 100,000 single-row requests with 36-character ids): 213 bytes per entry, so about
+213 MB per million single-row predictions, most of it the id string and its dict slot; in
+100-row requests a row costs 22 bytes (about 22 MB per million rows). Persisted with `to_bytes`,
+a row takes about 47 bytes (47 MB per million single-row predictions).
 
-Request ids carry no time, so an id not held is "unknown_or_expired" once anything has been
-evicted: it may have expired, or never been answered here (another replica, a typo). Only while
-nothing has been evicted is it plainly "unknown".
+Request ids carry no time, so the log remembers a 64-bit digest of each evicted request id (8
+bytes each, for as many records as it holds): an id among them is "expired", any other is
+"unknown" (never answered, answered too recently to have reached the log, or a typo). Past
+that memory, an expired id reads as unknown.
 
 For persistence a router may call `drain_since(cursor)` every second and store `to_bytes(...)` of
 what it returns (a compressed .npz): a crash loses at most the last interval.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -36,10 +39,10 @@ from registry.feedback import MAX_REF_CHARS
 from runtimes.schema import N_CLASSES
 
 BLOCK = 4096  # records per numpy block: small enough that a nearly empty block costs little
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _RECORD = np.dtype([("time", "<f8"), ("first_row_seq", "<i8"), ("rows", "<u4"), ("first_row", "<u4"),
                     ("meta", "<u4")])  # 28 bytes, packed
-_NPZ_FILES = {"format", "request_ids", "request", "metas", "meta", "row", "time", "probabilities"}
+_NPZ_FILES = {"format", "request_ids", "request", "metas", "meta", "row", "time", "probabilities", "row_key"}
 
 
 class Entry(NamedTuple):
@@ -50,6 +53,7 @@ class Entry(NamedTuple):
     variant: str | None  # "stable" or "candidate" in an experiment, None outside one
     probabilities: tuple[float, ...]  # float32 values, exactly
     time: float  # seconds since the epoch
+    row_key: int = 0  # serve_app/quality.py row_digest of the row as the version computed it (0: unknown)
 
 
 class Drain(NamedTuple):
@@ -116,6 +120,8 @@ class PredictionLog:
             raise ValueError("retention_s and max_entries must be positive")
         self.retention_s, self.max_entries, self.clock = retention_s, max_entries, clock
         self._rows = _Blocks(np.float32, (N_CLASSES,))
+        self._row_keys = _Blocks(np.uint64)  # numbered like _rows
+        self._expired = _Blocks(np.uint64)  # digests of evicted request ids, the newest max_entries
         self._records = _Blocks(_RECORD)
         self._request_ids: deque[str] = deque()  # the request id of each live record, oldest first
         self._index: dict[str, int | tuple[int, ...]] = {}  # request id -> its records' sequence numbers
@@ -132,7 +138,8 @@ class PredictionLog:
         return self._rows_held
 
     def record(self, request_id: str, model: str, version: str, variant: str | None,
-               probabilities: np.ndarray, now: float | None = None, first_row: int = 0) -> bool:
+               probabilities: np.ndarray, now: float | None = None, first_row: int = 0,
+               row_keys: np.ndarray | None = None) -> bool:
         """Remembers the answered rows [n, 3] of one request from one model (rows numbered from
         `first_row`). False when not kept: the request id is empty or longer than feedback can
         reference, or there are more rows than the log holds. Never raises for a client's input."""
@@ -153,6 +160,10 @@ class PredictionLog:
             code = self._meta_codes[meta] = len(self._metas)
             self._metas.append(meta)
         row_seq = self._rows.append(rows)
+        keys = np.zeros(len(rows), np.uint64) if row_keys is None else np.asarray(row_keys, np.uint64)
+        if keys.shape != (len(rows),):
+            raise ValueError(f"row_keys must be one per row, not {keys.shape}")
+        self._row_keys.append(keys)
         seq = self._records.push((now, row_seq, len(rows), first_row, code))
         self._request_ids.append(request_id)
         held = self._index.get(request_id)
@@ -164,12 +175,13 @@ class PredictionLog:
     def _evict(self, now: float, room: int = 0) -> None:
         # Records are appended in time order, so the expired ones are at the head. A time stamped
         # earlier than its predecessor (a wall clock stepped back) leaves with its neighbours.
-        cutoff, head = now - self.retention_s, self._head
+        cutoff, head, gone = now - self.retention_s, self._head, []
         while self._head < self._records.end:
             record = self._records.at(self._head)
             if record["time"] >= cutoff and self._rows_held + room <= self.max_entries:
                 break
             request_id = self._request_ids.popleft()
+            gone.append(_id_digest(request_id))
             seqs = _seqs(self._index[request_id])[1:]  # the oldest record is the one going
             if seqs:
                 self._index[request_id] = seqs if len(seqs) > 1 else seqs[0]
@@ -180,8 +192,12 @@ class PredictionLog:
         if self._head != head:
             self.evicted += self._head - head
             self._records.drop_before(self._head)
-            self._rows.drop_before(self._rows.end if self._head == self._records.end
-                                   else int(self._records.at(self._head)["first_row_seq"]))
+            first_row = (self._rows.end if self._head == self._records.end
+                         else int(self._records.at(self._head)["first_row_seq"]))
+            self._rows.drop_before(first_row)
+            self._row_keys.drop_before(first_row)
+            self._expired.append(np.array(gone, np.uint64))
+            self._expired.drop_before(self._expired.end - self.max_entries)
 
     def lookup(self, request_id: str, now: float | None = None) -> list[Entry] | None:
         """Every retained row answered for the request, oldest record first; None when not held."""
@@ -192,11 +208,18 @@ class PredictionLog:
         return [entry for seq in _seqs(held)
                 for entry in self._entries(self._records.get(seq, seq + 1), [request_id])]
 
-    def status(self, request_id: str,
-               now: float | None = None) -> Literal["found", "unknown", "unknown_or_expired"]:
+    def status(self, request_id: str, now: float | None = None) -> Literal["found", "unknown", "expired"]:
         if self.lookup(request_id, now) is not None:
             return "found"
-        return "unknown" if self.evicted == 0 else "unknown_or_expired"
+        return "expired" if self.expired_among([request_id]) else "unknown"
+
+    def expired_among(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of these ids were evicted (as far as the log remembers): one pass for a batch."""
+        if not request_ids or self._expired.end == self._expired.first:
+            return set()
+        held = self._expired.get(max(self._expired.first, self._expired.end - self.max_entries), self._expired.end)
+        digests = np.array([_id_digest(r) for r in request_ids], np.uint64)
+        return {r for r, hit in zip(request_ids, np.isin(digests, held)) if hit}
 
     def oldest_time(self) -> float | None:
         """When the oldest retained record was answered: feedback for anything older cannot join here."""
@@ -215,18 +238,23 @@ class PredictionLog:
         if not len(records):
             return []
         first = int(records[0]["first_row_seq"])
-        rows = self._rows.get(first, int(records[-1]["first_row_seq"] + records[-1]["rows"])).tolist()
+        last = int(records[-1]["first_row_seq"] + records[-1]["rows"])
+        rows, keys = self._rows.get(first, last).tolist(), self._row_keys.get(first, last).tolist()
         entries = []
         for record, request_id in zip(records.tolist(), request_ids):
             when, row_seq, n, first_row, code = record
             model, version, variant = self._metas[code]
             entries.extend(Entry(request_id, first_row + i, model, version, variant, tuple(rows[row_seq - first + i]),
-                                 when) for i in range(n))
+                                 when, keys[row_seq - first + i]) for i in range(n))
         return entries
 
 
 def _seqs(held: int | tuple[int, ...]) -> tuple[int, ...]:
     return held if isinstance(held, tuple) else (held,)
+
+
+def _id_digest(request_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
 
 
 # ---- persisted form ---------------------------------------------------------------------------------
@@ -242,7 +270,8 @@ def to_bytes(entries: Sequence[Entry]) -> bytes:
         buffer, format=np.array(FORMAT_VERSION), request_ids=request_ids, request=request.astype(np.int64),
         metas=metas, meta=meta.astype(np.int64), row=np.array([e.row for e in entries], dtype=np.int64),
         time=np.array([e.time for e in entries], dtype=np.float64),
-        probabilities=np.array([e.probabilities for e in entries], dtype=np.float32).reshape(-1, N_CLASSES))
+        probabilities=np.array([e.probabilities for e in entries], dtype=np.float32).reshape(-1, N_CLASSES),
+        row_key=np.array([e.row_key for e in entries], dtype=np.uint64))
     return buffer.getvalue()
 
 
@@ -258,17 +287,18 @@ def from_bytes(data: bytes) -> list[Entry]:
         raise ValueError(f"not a stored prediction log batch: {e}") from None
     n = len(arrays["row"])
     probabilities = arrays["probabilities"]
-    if (any(len(arrays[name]) != n or arrays[name].ndim != 1 for name in ("request", "meta", "time", "row"))
+    if (any(len(arrays[name]) != n or arrays[name].ndim != 1 for name in ("request", "meta", "time", "row", "row_key"))
             or any(arrays[name].dtype.kind not in "iu" for name in ("request", "meta", "row"))
-            or arrays["time"].dtype != np.float64 or probabilities.shape != (n, N_CLASSES)
+            or arrays["time"].dtype != np.float64 or arrays["row_key"].dtype != np.uint64
+            or probabilities.shape != (n, N_CLASSES)
             or probabilities.dtype != np.float32 or any(len(m) != 3 for m in metas)
             or (n and (arrays["request"].min() < 0 or arrays["request"].max() >= len(arrays["request_ids"])
                        or arrays["meta"].min() < 0 or arrays["meta"].max() >= len(metas)))):
         raise ValueError("not a stored prediction log batch: inconsistent columns")
     request_ids = arrays["request_ids"].tolist()
-    return [Entry(request_ids[r], row, *metas[m], tuple(p), t) for r, row, m, p, t in zip(
+    return [Entry(request_ids[r], row, *metas[m], tuple(p), t, k) for r, row, m, p, t, k in zip(
         arrays["request"].tolist(), arrays["row"].tolist(), arrays["meta"].tolist(), probabilities.tolist(),
-        arrays["time"].tolist())]
+        arrays["time"].tolist(), arrays["row_key"].tolist())]
 
 
 def measure_bytes_per_entry(requests: int = 100_000, rows_per_request: int = 1) -> float:

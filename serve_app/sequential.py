@@ -144,8 +144,11 @@ class AccuracyMonitor:
             raise ValueError(f"counts must be non-negative integers, got {counts}")
         if stable_correct > stable_n or candidate_correct > candidate_n:
             raise ValueError(f"more correct labels than labels: {counts}")
-        if any(now < before for now, before in zip(counts, self._last)):
-            raise ValueError(f"counts went down ({self._last} -> {counts}): they must be cumulative "
+        # Labels are never forgotten, so n never falls; a relabel (a disposition that changed)
+        # corrects a past outcome and may lower `correct`: the statistic depends on the counts only,
+        # so it is then as if the corrected label had come in the first place.
+        if stable_n < self._last[1] or candidate_n < self._last[3]:
+            raise ValueError(f"label counts went down ({self._last} -> {counts}): they must be cumulative "
                              "since the experiment began, never windowed")
         self._last = counts
         statistic = float(log_e_value(*counts, margin=self.margin))

@@ -65,8 +65,9 @@ def test_retention_expiry_with_an_injected_clock():
     clock.now += 15  # "old" is exactly retention_s old: still held
     assert log.status("old") == "found"
     clock.now += 0.001
-    assert log.lookup("old") is None and log.status("old") == "unknown_or_expired"
-    assert log.status("never-seen") == "unknown_or_expired"  # once anything expired, the two look alike
+    assert log.lookup("old") is None and log.status("old") == "expired"
+    assert log.status("never-seen") == "unknown"  # evicted ids are remembered by digest
+    assert log.expired_among(["never-seen", "old", "newer"]) == {"old"}
     assert log.status("newer") == "found" and log.oldest_time() == 1045.0
     assert log.lookup("newer", now=1045.0 + 61) is None  # an explicit time works as the clock does
     assert len(log) == 0 and log.evicted == 2 and log.oldest_time() is None
@@ -188,9 +189,9 @@ def test_a_stored_batch_with_inconsistent_columns_is_refused():
 
 def test_bytes_per_entry():
     """The figure in serve_app/prediction_log.py's docstring. The bound: a row's columns are 12
-    bytes of probabilities and a 28-byte record; the 36-character id string (85 bytes) and its dict
-    slot are most of the rest, about 205 bytes in all. 400 leaves room for other Python builds'
-    string and dict layouts, and fails if a per-entry Python object (a tuple and an array per
+    bytes of probabilities, an 8-byte row digest and a 28-byte record; the 36-character id string
+    (85 bytes) and its dict slot are most of the rest, about 213 bytes in all. 400 leaves room for
+    other Python builds' string and dict layouts, and fails if a per-entry Python object (a tuple and an array per
     record, about 200 bytes) creeps in."""
     single = measure_bytes_per_entry(100_000, 1)
     batched = measure_bytes_per_entry(10_000, 100)
@@ -200,3 +201,16 @@ def test_bytes_per_entry():
           f"{batched * 1e6:,.0f} bytes per million predictions")
     assert single < 400
     assert batched < 40  # 12 + 28 / 100 + the id's share: the columns, not Python objects, per row
+
+
+def test_row_keys_travel_with_their_rows_and_expired_ids_are_remembered_for_max_entries_records():
+    log = PredictionLog(retention_s=10**10, max_entries=3)
+    log.record("a", "mlp", "1.2.0", "stable", probabilities(2), now=1.0, row_keys=np.array([7, 2**64 - 1], np.uint64))
+    assert [e.row_key for e in log.lookup("a")] == [7, 2**64 - 1]
+    assert from_bytes(to_bytes(log.lookup("a"))) == log.lookup("a")
+    with pytest.raises(ValueError, match="one per row"):
+        log.record("b", "mlp", "1.2.0", "stable", probabilities(2), row_keys=np.array([1], np.uint64))
+    for i in range(6):  # each evicts the oldest: "a", then r0, r1, r2 (three records held)
+        log.record(f"r{i}", "mlp", "1.2.0", "stable", probabilities(1), now=2.0 + i)
+    assert log.status("a") == "unknown"  # past the last max_entries evicted ids: forgotten
+    assert log.expired_among(["r0", "r1", "r2", "r3", "zz"]) == {"r0", "r1", "r2"}

@@ -143,6 +143,7 @@ def test_waits_for_labels_and_refuses_bad_counts():
     monitor.update(5, 20, 5, 20)
     with pytest.raises(ValueError, match="cumulative"):  # windowed counts would forget evidence
         monitor.update(5, 19, 5, 20)
+    assert not monitor.update(4, 20, 5, 20).rollback  # a relabel corrects an outcome: n stays, correct moves
     with pytest.raises(ValueError, match="more correct"):
         AccuracyMonitor().update(5, 4, 0, 0)
     with pytest.raises(ValueError, match="non-negative"):
