@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import NotFound
 from .stores import ObjectStore, PreconditionFailed
@@ -42,7 +42,7 @@ _KEY = re.compile(rf"{PREFIX}/(\d{{4}})/(\d{{2}})/(\d{{2}})/(\d{{19}})-([0-9a-f]
 _PRINTABLE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 
 
-def _check_text(value: str | None, limit: int, what: str) -> str | None:
+def check_text(value: str | None, limit: int, what: str) -> str | None:
     if value is None:
         return None
     if len(value) > limit:
@@ -50,6 +50,20 @@ def _check_text(value: str | None, limit: int, what: str) -> str | None:
     if not _PRINTABLE.fullmatch(value):
         raise ValueError(f"{what} must be printable ASCII, not empty and without leading or trailing spaces")
     return value
+
+
+class GradedPrediction(BaseModel):
+    """One prediction a label grades, as the service answered it: stored with the label so the
+    quality figures can be rebuilt from the feedback log alone, after the predictions expired."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(max_length=MAX_REF_CHARS)
+    version: str = Field(max_length=MAX_REF_CHARS)
+    variant: Literal["stable", "candidate"] | None = None
+    row: int = Field(0, ge=0, lt=2**32)
+    row_key: int = Field(0, ge=0, lt=2**64)  # the row's digest as the version computed it (0: unknown)
+    probabilities: tuple[float, float, float]
 
 
 class FeedbackItem(BaseModel):
@@ -63,16 +77,17 @@ class FeedbackItem(BaseModel):
     label: Literal["CONFIRMED", "FALSE_POSITIVE"]
     source: str | None = None
     principal: str | None = None
+    graded: tuple[GradedPrediction, ...] = ()
 
     @field_validator("ref")
     @classmethod
     def _ref(cls, value: str) -> str:
-        return _check_text(value, MAX_REF_CHARS, "ref")
+        return check_text(value, MAX_REF_CHARS, "ref")
 
     @field_validator("source", "principal")
     @classmethod
     def _text(cls, value: str | None, info) -> str | None:
-        return _check_text(value, MAX_TEXT_CHARS, info.field_name)
+        return check_text(value, MAX_TEXT_CHARS, info.field_name)
 
     @field_validator("label", mode="before")
     @classmethod

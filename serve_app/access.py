@@ -1,10 +1,11 @@
 """Who may call what, and how often: the policy the ingress's AccessControl middleware enforces.
 
 The scope map: predictions (REST and V2 infer), model listings and metadata, the schema and the
-docs need `predict`; experiments and their admin actions need `admin`, always; health, readiness and
+docs need `predict`; experiments and their admin actions need `admin`, and labels sent back
+(`/api/v1/feedback`) need `feedback`, both always, since they move traffic; health, readiness and
 `/metrics` stay open for probes and scrapers, and so do the web page's own assets (`/ui`: the
 page asks for a key and sends it with each API call). With authentication off (the local
-quickstart, with a warning at startup) only the admin routes ask for a credential.
+quickstart, with a warning at startup) only the admin and feedback routes ask for a credential.
 
 Rate limits are token buckets per credential, refilled continuously: `requests_per_minute` (or
 the key's own) spread over the router replicas, each enforcing its share locally, so no request
@@ -19,7 +20,9 @@ from collections import OrderedDict
 OPEN = re.compile(r"^/(api/v1/health|v2/health/(live|ready)|v2/models/[^/]+(/versions/[^/]+)?/ready|metrics"
                   r"|docs-assets/.*|ui(/.*)?)$")
 ADMIN = re.compile(r"^/api/v1/experiments(/.*)?$")
-LIMITED = re.compile(r"^/(api/v1/(predict(/batch)?|explain)|v2/models/[^/]+(/versions/[^/]+)?/infer)$")
+FEEDBACK = re.compile(r"^/api/v1/feedback$")
+ALWAYS_AUTHENTICATED = ("admin", "feedback")  # they change what serves: a credential even with auth off
+LIMITED = re.compile(r"^/(api/v1/(predict(/batch)?|explain|feedback)|v2/models/[^/]+(/versions/[^/]+)?/infer)$")
 
 
 def route_path(scope) -> str:
@@ -40,7 +43,9 @@ def is_rate_limited(path: str) -> bool:
 def required_scope(path: str) -> str | None:
     if OPEN.match(path):
         return None
-    return "admin" if ADMIN.match(path) else "predict"
+    if ADMIN.match(path):
+        return "admin"
+    return "feedback" if FEEDBACK.match(path) else "predict"
 
 
 class TokenBuckets:

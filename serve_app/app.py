@@ -22,7 +22,7 @@ def build_app(args: dict) -> Application:
         name: model_deployment.options(name=name).bind(name, settings.model_dump(), registry)
         for name, settings in config.models.items()
     }
-    pools, controller = {}, None
+    pools = {}
     for deployment, model in config.pool_names().items():
         # A variant deployment starts on the model's default; its version comes at run time.
         settings = ModelSettings(default_version=config.models[model].default_version,
@@ -30,6 +30,6 @@ def build_app(args: dict) -> Application:
                                  threads=config.models[model].threads)
         pools[deployment] = model_deployment.options(name=deployment, **POOL_OPTIONS).bind(
             model, settings.model_dump(), registry)
-    if pools:
-        controller = controller_deployment().bind(pools, list(config.models), registry)
+    # Always deployed: besides experiments it is the desk that feedback (delayed labels) goes to.
+    controller = controller_deployment().bind(pools, list(config.models), registry, config.feedback.model_dump())
     return serve.deployment(Router).options(name="Router").bind(handles, config.model_dump(), pools, controller)

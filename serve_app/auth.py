@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jwt
 
-SCOPES = ("predict", "admin")
+SCOPES = ("predict", "admin", "feedback")
 ENV = "KEPLER_API_KEYS"
 JWT_KEY_ENV, JWT_ISSUER_ENV, JWT_AUDIENCE_ENV = "KEPLER_JWT_PUBLIC_KEY", "KEPLER_JWT_ISSUER", "KEPLER_JWT_AUDIENCE"
 # Far above any real token; bounds the work an unauthenticated caller can make the decoder do.

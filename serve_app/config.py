@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -108,6 +109,11 @@ class RollbackSettings(_Strict):
     max_principal_share: float = Field(0.5, gt=0, le=1, description=(
         "most of a variant's samples in a window one credential may contribute; the rest of its requests "
         "are served but not counted (1: no cap)"))
+    accuracy_margin: float = Field(0.02, ge=0, lt=1, description=(
+        "roll back once the labels prove the candidate's accuracy below the stable's minus this margin "
+        "(feedback; an always-valid sequential test, checked every tick)"))
+    accuracy_alpha: float = Field(0.05, gt=0, lt=1, description="false-rollback probability of the accuracy trigger")
+    min_labels: int = Field(200, ge=1, description="no accuracy verdict on fewer labels per variant")
 
 
 class RolloutSettings(_Strict):
@@ -126,6 +132,21 @@ class RolloutSettings(_Strict):
         return steps
 
 
+class BanditSettings(_Strict):
+    """`policy: thompson`: the candidate's weight follows P(candidate more accurate) from the labels."""
+
+    min_weight: float = Field(0.05, ge=0, le=1, description="the candidate always keeps this share, to learn from")
+    max_weight: float = Field(0.95, ge=0, le=1, description="the stable always keeps 1 minus this share, to compare")
+    update_s: float = Field(300.0, gt=0, description="the weight is recomputed at most this often")
+    min_step: float = Field(0.05, ge=0, le=1, description="smaller changes are not made (fewer clients switch)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "BanditSettings":
+        if self.min_weight > self.max_weight:
+            raise ValueError("bandit: min_weight must not exceed max_weight")
+        return self
+
+
 class ExperimentSettings(_Strict):
     """One model's experiment: its stable variant (the model's default) against a candidate."""
 
@@ -136,6 +157,10 @@ class ExperimentSettings(_Strict):
     shadow_queue: int = Field(64, ge=1, le=10_000, description="pending shadow copies before new ones are dropped")
     rollback: RollbackSettings = Field(default_factory=RollbackSettings)
     rollout: RolloutSettings | None = None
+    policy: Literal["fixed", "thompson"] = Field("fixed", description=(
+        "fixed: the configured weight (or rollout); thompson: a bandit moves the weight toward the more "
+        "accurate variant as labels arrive (feedback)"))
+    bandit: BanditSettings = Field(default_factory=BanditSettings)
 
     _refs = field_validator("candidate", "shadow")(lambda cls, ref: None if ref is None else _check_ref(ref))
 
@@ -148,6 +173,8 @@ class ExperimentSettings(_Strict):
     def _something(self) -> "ExperimentSettings":
         if not self.candidate and not self.shadow:
             raise ValueError("an experiment needs a candidate, a shadow or both")
+        if self.policy == "thompson" and (self.rollout is not None or not self.candidate):
+            raise ValueError("policy thompson needs a candidate and no rollout: the bandit sets the weight")
         return self
 
 
@@ -191,6 +218,15 @@ class CacheSettings(_Strict):
         if parsed.password:  # user_config is shown by `serve status` and the dashboard
             raise ValueError("redis_url: no password in the URL; set KEPLER_REDIS_PASSWORD in the environment")
         return url
+
+
+class FeedbackSettings(_Strict):
+    """Delayed ground truth: what the experiment controller keeps to join labels to predictions."""
+
+    retention_s: float = Field(30 * 86_400.0, gt=0, description="labels join predictions answered this recently "
+                                                                "(by request id)")
+    max_predictions: int = Field(500_000, ge=1, le=50_000_000, description=(
+        "most answered rows kept for joining, about 210 bytes each in the controller's memory"))
 
 
 class RouterSettings(_Strict):
@@ -255,6 +291,7 @@ class AppArgs(_Strict):
     router: RouterSettings = Field(default_factory=RouterSettings)
     experiment_pools: dict[str, PoolSettings] = Field(
         default_factory=dict, description="variant deployments to create: `<model>_candidate`, `<model>_shadow`")
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
 
     _pool_models = field_validator("experiment_pools")(lambda cls, v: _known_models("experiment_pools", v))
 

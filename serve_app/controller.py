@@ -3,7 +3,11 @@ experiment decisions. Routers call `sync` every second or so, outside their requ
 hand over their configured experiments and the statistics gathered since the last call, and get
 back the newest book. Each tick the controller loads new variants, health-checks candidates,
 evaluates the rollback triggers over the merged statistics, steps rollouts, and persists every
-decision to the registry with a generation number, so a restarted controller carries on."""
+decision to the registry with a generation number, so a restarted controller carries on.
+
+It is also the desk for delayed ground truth (serve_app/feedback_desk.py): routers hand it their
+answered rows with each sync, feedback batches are joined and persisted here, and each tick the
+accuracy trigger and the bandit policy read the labelled figures."""
 from __future__ import annotations
 
 import asyncio
@@ -16,20 +20,25 @@ from ray.serve.handle import DeploymentHandle
 from registry import RegistryError
 
 from .aliases import AliasResolver
-from .config import ExperimentSettings, RegistrySettings, RouterSettings
+from .bandit import ThompsonPolicy
+from .config import ExperimentSettings, FeedbackSettings, RegistrySettings, RouterSettings
 from .errors import ServingError
 from .experiments import TERMINAL, Book, Decisions, Record, experiments_view, router_snapshot
+from .feedback_desk import FeedbackDesk
 from .metrics import ControllerMetrics
+from .sequential import AccuracyMonitor
 from .traffic import assignment_secret
 from .variant_stats import Window
 
 logger = logging.getLogger("ray.serve")
 DOCUMENT = ("experiments", "book")
 LOAD_TIMEOUT_S = 180.0
+PERSIST_PERIOD_S = 1.0  # the prediction record loses at most about this much on a crash
 
 
 class ExperimentController:
-    def __init__(self, pools: dict[str, DeploymentHandle], models: list[str], registry: dict):
+    def __init__(self, pools: dict[str, DeploymentHandle], models: list[str], registry: dict,
+                 feedback: dict | None = None):
         self.pools = pools  # "<model>_candidate" / "<model>_shadow" -> handle
         self.registry = RegistrySettings(**registry).config().open()
         self.aliases = AliasResolver(self.registry, RouterSettings().alias_cache_s)
@@ -44,6 +53,16 @@ class ExperimentController:
         self._loading: set[str] = set()
         self._health_due: dict[str, float] = {}
         self._ticker: asyncio.Task | None = None
+        self.desk = FeedbackDesk(self.registry.store, FeedbackSettings(**(feedback or {})))
+        try:
+            logger.info("feedback restored: %s", self.desk.restore())
+        except Exception as e:  # noqa: BLE001 - serve experiments; the figures fill again with new labels
+            logger.warning("feedback and prediction records unreadable, starting without them: %s", type(e).__name__)
+        self.desk_lock = asyncio.Lock()  # the desk is used from the loop and from worker threads, one at a time
+        self.stable_versions: dict[str, str] = {}  # model -> its stable variant's version, as routers resolve it
+        self.monitors: dict[str, AccuracyMonitor] = {}
+        self.policies: dict[str, ThompsonPolicy] = {}
+        self._persisted_at = 0.0
 
     def _load_book(self) -> tuple[Book, str | None]:
         try:
@@ -54,10 +73,15 @@ class ExperimentController:
         return (Book(**document), etag) if document else (Book(), None)
 
     # ---- the routers' side ------------------------------------------------------------------
-    async def sync(self, specs: dict[str, dict], drained: list) -> dict:
-        """Take a router's configured experiments and statistics; give back the book."""
+    async def sync(self, specs: dict[str, dict], drained: list, answered: list = (),
+                   stable_versions: dict[str, str] | None = None) -> dict:
+        """Take a router's configured experiments, statistics and answered rows; give back the book."""
         self._ensure_ticking()
         self.window.merge(drained)
+        self.stable_versions.update(stable_versions or {})
+        if answered:
+            async with self.desk_lock:
+                self.desk.record(answered)
         now = time.time()
         for model, spec in specs.items():
             self.specs[model] = (ExperimentSettings(**spec), now)
@@ -100,6 +124,10 @@ class ExperimentController:
             self._decide(record, spec)
         if self.dirty:
             await self._persist()
+        if time.time() - self._persisted_at >= PERSIST_PERIOD_S:
+            self._persisted_at = time.time()
+            await self._persist_predictions()
+            self._publish_stable_quality()
 
     async def _reconcile(self, model: str, spec: ExperimentSettings) -> None:
         try:  # through the alias cache: ticks come twice a second, a moved alias is seen within 5 s
@@ -159,8 +187,10 @@ class ExperimentController:
                            _message(e))
 
     def _decide(self, record: Record, spec: ExperimentSettings) -> None:
-        decision = self.decisions.check(record, spec)
+        stable, candidate = self._quality(record)
+        decision = self.decisions.check(record, spec, self._accuracy(record, spec, stable, candidate))
         if decision is None:
+            self._bandit(record, spec, stable, candidate)
             return
         action, reason = decision
         if action == "rollback":
@@ -170,6 +200,57 @@ class ExperimentController:
             self.dirty = True
         else:
             asyncio.get_running_loop().create_task(self._promote_after_rollout(record.model, reason))
+
+    def _publish_stable_quality(self) -> None:
+        """Every model's default version is its stable variant, experiment or not: its live figures
+        are published once it has labels (a running experiment's candidate is published in _quality)."""
+        for model, version in self.stable_versions.items():
+            summary = self.desk.quality.summary(model, version)
+            if summary["labelled"]:
+                self.metrics.variant_quality(model, "stable", summary)
+
+    def _quality(self, record: Record):
+        stable = self.desk.quality.of(record.model, self.stable_versions.get(record.model, "?"))
+        candidate = self.desk.quality.of(record.model, record.candidate_version)
+        for variant, quality in (("stable", stable), ("candidate", candidate)):
+            self.metrics.variant_quality(record.model, variant, quality.summary())
+        return stable, candidate
+
+    def _accuracy(self, record: Record, spec: ExperimentSettings, stable, candidate) -> str | None:
+        """The accuracy trigger's reason once it fired: an always-valid test (serve_app/sequential.py)
+        over every label of both versions, checked each tick."""
+        if record.model not in self.stable_versions:
+            return None
+        rules = spec.rollback
+        monitor = self.monitors.get(record.experiment_id)
+        if monitor is None or (monitor.alpha, monitor.margin, monitor.min_labels) != (
+                rules.accuracy_alpha, rules.accuracy_margin, rules.min_labels):
+            monitor = self.monitors[record.experiment_id] = AccuracyMonitor(
+                rules.accuracy_alpha, rules.accuracy_margin, rules.min_labels)
+        try:
+            verdict = monitor.update(stable.correct, stable.labelled, candidate.correct, candidate.labelled)
+        except ValueError:  # the stable version changed under the experiment: its counts start over
+            monitor.reset()
+            verdict = monitor.update(stable.correct, stable.labelled, candidate.correct, candidate.labelled)
+        return verdict.reason if verdict.rollback else None
+
+    def _bandit(self, record: Record, spec: ExperimentSettings, stable, candidate) -> None:
+        """policy thompson: move the candidate's weight toward P(candidate more accurate), within
+        the bounds, at most every update_s and by at least min_step (serve_app/bandit.py)."""
+        if spec.policy != "thompson" or record.weight_source == "admin" or not stable.labelled + candidate.labelled:
+            return
+        bandit = spec.bandit
+        policy = self.policies.get(record.experiment_id)
+        if policy is None or (policy.min_weight, policy.max_weight, policy.update_s, policy.min_step) != (
+                bandit.min_weight, bandit.max_weight, bandit.update_s, bandit.min_step):
+            policy = self.policies[record.experiment_id] = ThompsonPolicy(
+                bandit.min_weight, bandit.max_weight, bandit.update_s, bandit.min_step)
+        decision = policy.propose(stable.correct, stable.labelled - stable.correct, candidate.correct,
+                                  candidate.labelled - candidate.correct, record.weight, time.time(),
+                                  record.weight_changed_at)
+        if decision.changed:
+            self._log(self.decisions.bandit_weight(record, decision.weight, decision.reason))
+            self.dirty = True
 
     async def _promote_after_rollout(self, model: str, reason: str) -> None:
         try:
@@ -244,8 +325,30 @@ class ExperimentController:
         return event
 
     def view(self) -> dict:
-        """Every experiment with its variants' statistics over the rollback window."""
-        return experiments_view(self.book, self.window, {m: spec for m, (spec, _) in self.specs.items()})
+        """Every experiment with its variants' statistics over the rollback window, and their quality."""
+        return experiments_view(self.book, self.window, {m: spec for m, (spec, _) in self.specs.items()},
+                                self.desk.quality.summary, self.stable_versions)
+
+    # ---- delayed ground truth -------------------------------------------------------------------
+    async def feedback(self, items: list, scored: dict, source: str | None, principal: str | None,
+                       answered: list = ()) -> dict:
+        """Joins, persists (before answering) and counts one batch; the router's latest answered rows
+        come along, so a label for a request answered a moment ago joins."""
+        async with self.desk_lock:
+            self.desk.record(answered)
+            try:
+                outcomes, key = await asyncio.to_thread(self.desk.accept, items, scored, source, principal)
+            except Exception as e:  # noqa: BLE001 - the store refused or is away: nothing is acknowledged
+                logger.warning("feedback batch not stored: %s: %s", type(e).__name__, e)
+                return {"stored": False, "reason": type(e).__name__}
+        return {"stored": True, "batch": key, "outcomes": outcomes}
+
+    async def _persist_predictions(self) -> None:
+        async with self.desk_lock:
+            try:
+                await asyncio.to_thread(self.desk.persist_predictions)
+            except Exception as e:  # noqa: BLE001 - kept in memory; written with the next call
+                logger.warning("prediction record not persisted: %s", type(e).__name__)
 
 
 def _message(error: BaseException) -> str:
@@ -255,7 +358,7 @@ def _message(error: BaseException) -> str:
 
 def _trigger(reason: str) -> str:
     for word, trigger in (("error rate", "errors"), ("latency", "latency"), ("drift", "drift"),
-                          ("health", "health")):
+                          ("health", "health"), ("accuracy", "accuracy")):
         if word in reason:
             return trigger
     return "other"

@@ -5,7 +5,7 @@
        cannot take is answered by the stable variant and left out of both variants' statistics)
     -> the prediction cache (rows seen before, at the same version; never shadow copies)
     -> batch -> call the model (breaker, retry once)          [ModelCalls]
-    -> record (metrics, the experiment's statistics) -> shadow copy
+    -> record (metrics, the experiment's statistics, the prediction record feedback joins) -> shadow copy
 
 `model="auto"` picks the model whose served version has the best registry ROC-AUC among those
 whose breakers are not open; `model="ensemble"` runs the stages once per member concurrently and
@@ -27,6 +27,7 @@ from .config import RouterSettings
 from .ensemble import EnsembleRecords, soft_vote
 from .errors import BadRequest, BreakerOpen, ModelUnavailable, ServingError
 from .feature_rows import FeatureRows
+from .feedback import AnsweredRows
 from .model_calls import ModelCalls
 from .prediction_cache import PredictionCache
 from .schemas import EnsembleInfo
@@ -80,6 +81,7 @@ class Dispatcher:
         self.shadows = ShadowCopies(self._shadow_answer, traffic.recorder, observer.dropped_shadow)
         self.records = EnsembleRecords(versions.registry, versions.aliases)
         self.cache: PredictionCache | None = None  # set by the ingress from settings.cache
+        self.answered: AnsweredRows | None = None  # the prediction record feedback joins (set by the ingress)
         self.configure(settings)
 
     def configure(self, settings: RouterSettings) -> None:
@@ -117,6 +119,7 @@ class Dispatcher:
         route = None if version_ref else self.traffic.route(model, context.headers, context.principal)
         if route is None:
             answer, _ = await self._cached(model, version, matrix, context)
+            self._remember(context, model, version, None, matrix, answer)
             return MemberAnswer(model, version, answer, None, features)
         candidate = await self._fit_for(model, route.candidate_version if route.compares else None, rows)
         if route.compares and candidate is None:  # the candidate could not take it: compare like with like
@@ -125,13 +128,21 @@ class Dispatcher:
             answer = await self._compared(route, "candidate", context,
                                           self._cached(model, route.candidate_version, candidate[0], context, "candidate"))
             if answer is not None:
+                self._remember(context, model, route.candidate_version, "candidate", candidate[0], answer)
                 await self._shadow(model, route, rows, answer)
                 return MemberAnswer(model, route.candidate_version, answer, "candidate", candidate[1])
             # a failing candidate's request is answered by the stable variant
         answer = await self._compared(route, "stable", context, self._cached(model, version, matrix, context),
                                       reraise=True)
+        self._remember(context, model, version, "stable" if route.compares else None, matrix, answer)
         await self._shadow(model, route, rows, answer)
         return MemberAnswer(model, version, answer, "stable", features)
+
+    def _remember(self, context: RequestContext, model: str, version: str, variant: str | None,
+                  matrix: np.ndarray, answer: np.ndarray) -> None:
+        """Into the prediction record that feedback joins by request id (serve_app/feedback.py)."""
+        if self.answered is not None:
+            self.answered.add(context.request_id, model, version, variant, answer, matrix)
 
     async def _fit_for(self, model: str, version: str | None, rows: FeatureRows):
         """The rows as `version` takes them, or None when its schema cannot take them."""

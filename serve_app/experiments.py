@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import time
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,7 +49,8 @@ class Record(BaseModel):
     changed_at: str = Field(default_factory=_now_iso)
     started_at: float = Field(default_factory=time.time)
     weight: float = 0.0
-    weight_source: Literal["config", "admin", "rollout"] = "config"
+    weight_source: Literal["config", "admin", "rollout", "bandit"] = "config"
+    weight_changed_at: float | None = None  # when the bandit last moved the weight
     rollout_step: int | None = None
     step_started_at: float | None = None
     health_failures: int = 0
@@ -141,8 +142,9 @@ class Decisions:
         self.book.generation += 1
         return self.book.record_event(record, "set_weight", actor)
 
-    def check(self, record: Record, spec: ExperimentSettings) -> tuple[str, str] | None:
-        """('rollback', reason), ('step', reason) or ('promote', reason) for a running experiment."""
+    def check(self, record: Record, spec: ExperimentSettings, accuracy: str | None = None) -> tuple[str, str] | None:
+        """('rollback', reason), ('step', reason) or ('promote', reason) for a running experiment.
+        `accuracy`: the accuracy trigger's reason when it fired (the controller keeps its monitor)."""
         if record.state != "running" or not record.candidate_version:
             return None
         rules = spec.rollback
@@ -151,7 +153,7 @@ class Decisions:
         since, share = record.started_at, rules.max_principal_share
         candidate = self.window.summary(record.experiment_id, "candidate", rules.window_s, since, share)
         stable = self.window.summary(record.experiment_id, "stable", rules.window_s, since, share)
-        reason = tripped(candidate, stable, rules)
+        reason = tripped(candidate, stable, rules) or accuracy
         if reason:
             return "rollback", reason
         if spec.rollout and record.weight_source == "rollout" and record.step_started_at is not None:
@@ -166,6 +168,12 @@ class Decisions:
                     if not last:
                         return "step", f"step {record.rollout_step + 1} quiet for {spec.rollout.step_window_s:g} s"
         return None
+
+    def bandit_weight(self, record: Record, weight: float, reason: str) -> dict:
+        record.weight, record.weight_source, record.weight_changed_at = weight, "bandit", self.clock()
+        record.reason, record.changed_at = reason, _now_iso()
+        self.book.generation += 1
+        return self.book.record_event(record, "bandit_weight", "bandit")
 
     def step(self, record: Record, spec: ExperimentSettings, reason: str) -> dict:
         record.rollout_step += 1
@@ -183,15 +191,18 @@ def router_snapshot(book: Book, assignment_secret: bytes) -> dict:
             "experiments": {m: r.model_dump() for m, r in book.current.items()}}
 
 
-def experiments_view(book: Book, window: Window, specs: dict[str, ExperimentSettings]) -> dict:
+def experiments_view(book: Book, window: Window, specs: dict[str, ExperimentSettings],
+                     quality: Callable[[str, str | None], dict] | None = None,
+                     stable_versions: dict[str, str] | None = None) -> dict:
     """Every experiment with its variants' statistics over the rollback window, as the triggers
-    count them (the per-principal cap applied; `uncounted_requests` is what it left out). Built
-    without the assignment secret, so no view can carry it."""
+    count them (the per-principal cap applied; `uncounted_requests` is what it left out), and
+    each variant's quality from feedback (`quality(model, version)`: labels since ever, each
+    (row, version) once). Built without the assignment secret, so no view can carry it."""
     experiments = {}
     for model, record in book.current.items():
         spec = specs.get(model)
         rules = spec.rollback if spec else RollbackSettings()
-        variants = {"stable": {"weight": round(1 - record.weight, 4)}}
+        variants = {"stable": {"version": (stable_versions or {}).get(model), "weight": round(1 - record.weight, 4)}}
         if record.candidate_version:
             variants["candidate"] = {"version": record.candidate_version, "weight": record.weight}
         if record.shadow_version:
@@ -200,6 +211,8 @@ def experiments_view(book: Book, window: Window, specs: dict[str, ExperimentSett
             share = rules.max_principal_share if name != "shadow" else 1.0
             variant.update(window.summary(record.experiment_id, name, rules.window_s, record.started_at,
                                           share).as_dict())
+            if quality is not None and name != "shadow":
+                variant["quality"] = quality(model, variant.get("version"))
         experiments[model] = {**record.model_dump(include={"experiment_id", "state", "reason", "changed_at",
                                                             "weight_source", "rollout_step"}),
                               "sticky_header": spec.sticky_header if spec else None, "window_s": rules.window_s,

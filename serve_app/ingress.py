@@ -24,6 +24,7 @@ from .config import AppArgs, RouterSettings
 from .dispatcher import Dispatcher
 from .errors import Conflict, ModelUnavailable, NotFoundError, Overloaded, ReplicaGone, ServingError
 from .explaining import Explainer
+from .feedback import AnsweredRows, Grading
 from .http import APP_VERSION, build_http_app
 from .http.middleware import Gate
 from .koi import KOIService
@@ -61,6 +62,7 @@ class Router:
         calls = ModelCalls(self._call_model, self.models, self.settings)
         self.dispatcher = Dispatcher(self.models, self.versions, calls, self.traffic, self.metrics, self.settings)
         self.explainer = Explainer(self.dispatcher, self._explain_model)
+        self.answered = self.dispatcher.answered = AnsweredRows()
         self.caching = CacheSetup(self.metrics)
         self._configure_cache()
         self.kois = KOIService(self.registry, self.settings.catalogue)
@@ -179,6 +181,36 @@ class Router:
                 raise Conflict(str(cause)) from None
             raise ModelUnavailable(f"experiment controller unavailable: {type(e).__name__}") from None
 
+    # ---- delayed ground truth -----------------------------------------------------------------
+    async def gradings(self) -> list[Grading]:
+        """The versions a KOI's label grades now: each model's default (the stable variant where an
+        experiment runs) and each running experiment's candidate."""
+        gradings = []
+        for model in self.models:
+            try:
+                version = await self.versions.resolve(model, None)
+            except ServingError:
+                continue
+            record = self.traffic.book.get(model) or {}
+            running = record.get("state") == "running" and record.get("candidate_version")
+            gradings.append(Grading(model, version, "stable" if running else None, model))
+            if running and f"{model}_candidate" in self.handles:
+                gradings.append(Grading(model, record["candidate_version"], "candidate", f"{model}_candidate"))
+        return gradings
+
+    async def grade(self, deployment: str, version: str, rows: np.ndarray) -> np.ndarray:
+        return await self.dispatcher.calls(deployment, version, rows, self.request_id())
+
+    async def send_feedback(self, items: list, scored: dict, source: str | None, principal: str | None) -> dict:
+        """To the controller, with the rows answered since the last sync (so a label for a request
+        answered a moment ago joins); they are put back if the call fails."""
+        answered = self.answered.drain()
+        try:
+            return await self.ask_controller("feedback", items, scored, source, principal, answered)
+        except Exception:
+            self.answered.restore(answered)
+            raise
+
     def router_view(self) -> dict:
         return {"replica": _replica_id(), "generation": self.traffic.generation,
                 "replicas_sharing_rate_limits": self.gate.replicas}
@@ -202,14 +234,27 @@ class Router:
             await asyncio.sleep(self.settings.sync_period_s)
 
     async def _sync_once(self) -> None:
-        drained = self.traffic.recorder.drain()
+        drained, answered = self.traffic.recorder.drain(), self.answered.drain()
         specs = {m: s.model_dump() for m, s in self.settings.experiments.items()}
         try:
-            self.traffic.adopt(await asyncio.wait_for(self.controller.sync.remote(specs, drained), 5))
+            self.traffic.adopt(await asyncio.wait_for(
+                self.controller.sync.remote(specs, drained, answered, await self._stable_versions()), 5))
         except Exception as e:  # noqa: BLE001 - keep the last book; resend the statistics later
             self.traffic.recorder.restore(drained)
+            self.answered.restore(answered)
             logger.warning("experiment controller unreachable, keeping generation %d: %s",
                            self.traffic.generation, type(e).__name__)
+
+
+    async def _stable_versions(self) -> dict[str, str]:
+        """Each model's default version (its stable variant), as far as the alias cache knows it now."""
+        versions = {}
+        for model in self.models:
+            try:
+                versions[model] = await self.versions.resolve(model, None)
+            except ServingError:  # the registry is away: the controller keeps the last one it heard
+                pass
+        return versions
 
 
 def _router_replicas(known: int) -> int:

@@ -91,7 +91,12 @@ class RouterMetrics:
                                     tag_keys=("operation",))
         self.registry_up = Gauge("registry_reachable", "1 while this router's probe of the model registry's "
                                  "store (local or S3) succeeds, 0 while it fails")
+        self.feedback = Counter("feedback_total", "Feedback items by outcome (joined, relabelled, unknown_request_id, "
+                                "expired, bad_label, ...)", tag_keys=("outcome",))
         self.buffer.set(self.redis_bypassed, 0, {})
+        for outcome in ("joined", "relabelled", "unchanged", "unknown_request_id", "expired", "unknown_koi",
+                        "bad_label", "invalid"):
+            zero_counter(self.feedback, {"outcome": outcome})
         for operation in REDIS_OPERATIONS:
             zero_counter(self.redis_errors, {"operation": operation})
         for model in models:
@@ -108,6 +113,10 @@ class RouterMetrics:
 
     def registry_reachable(self, reachable: bool) -> None:
         self.buffer.set(self.registry_up, int(reachable), {})
+
+    def feedback_outcomes(self, outcomes: list[str]) -> None:
+        for outcome, count in Tally(outcomes).items():
+            self.buffer.inc(self.feedback, count, {"outcome": outcome})
 
     def redis_error(self, operation: str) -> None:
         self.buffer.inc(self.redis_errors, 1, {"operation": operation})
@@ -142,13 +151,25 @@ class RouterMetrics:
 
 class ControllerMetrics:
     def __init__(self, models: list[str]):
+        self.buffer = MetricBuffer()
         self.rollbacks = Counter("rollbacks_total", "Automatic or manual experiment rollbacks",
                                  tag_keys=("model", "reason"))
         for model in models:
             zero_counter(self.rollbacks, {"model": model, "reason": "none"})
+        self.quality = {
+            "labelled": Gauge("variant_labels", "Labelled (row, version) units of an experiment variant", tag_keys=("model", "variant")),
+            "accuracy": Gauge("variant_accuracy", "Accuracy of an experiment variant on resolved labels", tag_keys=("model", "variant")),
+            "log_loss": Gauge("variant_log_loss", "Log-loss of an experiment variant on resolved labels", tag_keys=("model", "variant")),
+            "ece": Gauge("variant_ece", "Expected calibration error (10 bins) of an experiment variant",
+                         tag_keys=("model", "variant"))}
 
     def rolled_back(self, model: str, reason: str) -> None:
         self.rollbacks.inc(tags={"model": model, "reason": reason})
+
+    def variant_quality(self, model: str, variant: str, summary: dict) -> None:
+        for name, gauge in self.quality.items():
+            if summary.get(name) is not None:
+                self.buffer.set(gauge, float(summary[name]), {"model": model, "variant": variant})
 
 
 class ModelMetrics:

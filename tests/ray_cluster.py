@@ -35,6 +35,7 @@ TEST_ENV = {"RAY_metrics_report_interval_ms": "2000"}
 
 ADMIN_KEY = "test-admin-key"  # its SHA-256 is what the application is given
 PREDICT_KEY = "test-predict-key"
+FEEDBACK_KEY = "test-feedback-key"  # a labelling pipeline's: the feedback scope only
 LIMITED_KEY, LIMITED_RPM = "test-limited-key", 20  # a predict key with its own rate limit
 JWT_ISSUER, JWT_AUDIENCE = JwtIssuer.ISSUER, JwtIssuer.AUDIENCE  # what the test tokens carry
 MODELS = ("keras_cnn", "xgboost", "random_forest")
@@ -51,7 +52,8 @@ def serve_test_config(registry_uri: str, cache_dir: str, verify_key: str | None 
     env = app["runtime_env"]["env_vars"]
     env[PASSWORD_ENV] = REDIS_PASSWORD  # the test Redis's; only the cache tests point the routers at it
     env["KEPLER_API_KEYS"] = (f"ops:{hash_key(ADMIN_KEY)}:admin+predict,app:{hash_key(PREDICT_KEY)}:predict,"
-                              f"limited:{hash_key(LIMITED_KEY)}:predict:{LIMITED_RPM}")
+                              f"limited:{hash_key(LIMITED_KEY)}:predict:{LIMITED_RPM},"
+                              f"archive-sync:{hash_key(FEEDBACK_KEY)}:feedback")
     if jwt_public_key:
         env.update(KEPLER_JWT_PUBLIC_KEY=jwt_public_key, KEPLER_JWT_ISSUER=JWT_ISSUER, KEPLER_JWT_AUDIENCE=JWT_AUDIENCE)
     if experiments:

@@ -299,7 +299,7 @@ def test_s3_access_through_workload_identity_and_a_narrow_iam_policy(tmp_path):
         for action in actions:
             assert "*" not in action, action
             allowed.setdefault(action, []).extend(resources)
-    assert set(allowed) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}
+    assert set(allowed) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
     app = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
     uri = urlsplit(app["args"]["registry"]["uri"])
     bucket, prefix = uri.netloc, uri.path.strip("/")
@@ -315,6 +315,8 @@ def test_s3_access_through_workload_identity_and_a_narrow_iam_policy(tmp_path):
     assert may("s3:GetObject", version_file) and may("s3:GetObject", registry._alias_key("xgboost", "stable"))
     assert may("s3:PutObject", ModelRegistry._document_key(*book.groups()))  # the experiment book
     assert may("s3:PutObject", "feedback/2026/01/01/part.json")
+    assert may("s3:PutObject", "predictions/2026/01/01/part.npz") and may("s3:DeleteObject", "predictions/2026/01/01/x.npz")
+    assert not may("s3:DeleteObject", "feedback/2026/01/01/part.json")  # acknowledged labels are never deleted
     assert may("s3:PutObject", registry._alias_key("xgboost", "stable"))  # promotion moves `stable`
     for key in (version_file, registry._alias_key("xgboost", "latest"), "datasets/koi/v1.0.0/data.csv"):
         assert not may("s3:PutObject", key), key  # published versions stay as signed

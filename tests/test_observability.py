@@ -16,7 +16,7 @@ import requests
 
 from .conftest import free_port, wait_for_port
 from .helpers import publish_copy
-from .ray_cluster import ROOT, SERVE_URL
+from .ray_cluster import FEEDBACK_KEY, ROOT, SERVE_URL
 from .test_serving import as_json_row, held_out
 
 pytestmark = [pytest.mark.ray, pytest.mark.trained]  # every test here uses the single-node application
@@ -118,12 +118,17 @@ def _substitute(expression: str) -> str:
 
 def test_every_dashboard_query_is_valid_promql_over_scraped_metrics(serve_app, prometheus):
     requests.post(PREDICT, json={"features": as_json_row(held_out(1)[0]), "model": "ensemble"}, timeout=30)
+    # A label, so the live-quality series the dashboard plots exist (the stable variants' figures).
+    labelled = requests.post(f"{SERVE_URL}/api/v1/feedback", json={"items": [{"koi": "K00001.01", "label": "CONFIRMED"}]},
+                             headers={"Authorization": f"Bearer {FEEDBACK_KEY}"}, timeout=60)
+    assert labelled.status_code == 200 and labelled.json()["stored"] == 1, labelled.text
     # Gauges a replica missed one export of drop out of a single scrape: take the names Prometheus
     # has scraped from the cluster, and require the project's own series in a direct scrape.
     expected = {"ray_predictions_total", "ray_rollbacks_total", "ray_circuit_breaker_state",
                 "ray_shadow_dropped_total", "ray_cache_hits_total", "ray_cache_misses_total",
                 "ray_model_load_time_seconds", "ray_active_models_count", "ray_prediction_latency_seconds_bucket",
-                "ray_prediction_cache_hits_total", "ray_redis_breaker_open", "ray_redis_errors_total"}
+                "ray_prediction_cache_hits_total", "ray_redis_breaker_open", "ray_redis_errors_total",
+                "ray_feedback_total", "ray_variant_accuracy", "ray_variant_ece", "ray_variant_labels"}
     deadline, scraped = time.monotonic() + 30, set()
     while time.monotonic() < deadline and not expected <= scraped:
         scraped |= set(re.findall(r"^(ray_\w+)", requests.get(f"{SERVE_URL}/metrics", timeout=30).text, re.M))

@@ -1,5 +1,5 @@
 """The HTTP surface, one module per protocol: rest (/api/v1), explain (/api/v1/explain), catalogue
-(KOIs by name, the candidates ranking), v2 (/v2), admin (experiments), ops (health, metrics,
+(KOIs by name, the candidates ranking), feedback (delayed labels), v2 (/v2), admin (experiments), ops (health, metrics,
 docs) and the web page's static assets (/ui, serve_app/ui). `build_http_app` assembles them for one ingress instance."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..auth import Authenticator
 from ..config import RouterSettings
-from . import admin, catalogue, errors, explain, ops, rest, v2
+from . import admin, catalogue, errors, explain, feedback, ops, rest, v2
 from .middleware import AccessControl, BodyLimit, Gate, PageHeaders, V2JsonBodies
 
 DESCRIPTION = "Classify Kepler Objects of Interest as CONFIRMED, CANDIDATE or FALSE_POSITIVE."
@@ -27,7 +27,7 @@ def build_http_app(ingress, gate: Gate, version: str = APP_VERSION) -> FastAPI:
     app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
               name="docs-assets")
     app.mount("/ui", StaticFiles(directory=UI, html=True), name="ui")
-    for surface in (rest, explain, catalogue, v2, admin, ops):
+    for surface in (rest, explain, catalogue, feedback, v2, admin, ops):
         app.include_router(surface.router)
     errors.install(app)
     app.add_middleware(PageHeaders)

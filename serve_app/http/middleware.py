@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..access import TokenBuckets, is_rate_limited, required_scope, route_path
+from ..access import ALWAYS_AUTHENTICATED, TokenBuckets, is_rate_limited, required_scope, route_path
 from ..auth import AuthError, Authenticator, Principal
 from ..config import RouterSettings
 from ..rate_limits import SharedLimits
@@ -69,7 +69,7 @@ async def refuse(send, status: int, message: str, headers: dict[str, str] | None
 class AccessControl:
     """Scopes per route (serve_app/access.py), then per-credential rate limits: exact across
     router replicas in Redis when configured, else each replica's share of the limit locally.
-    With authentication off only the admin routes ask for a credential."""
+    With authentication off only the admin and feedback routes ask for a credential."""
 
     def __init__(self, app, gate: Gate):
         self.app, self.gate = app, gate
@@ -80,7 +80,7 @@ class AccessControl:
         gate, path = self.gate, route_path(scope)
         needed = required_scope(path)
         principal = None
-        if needed == "admin" or (needed and gate.auth_enabled):
+        if needed in ALWAYS_AUTHENTICATED or (needed and gate.auth_enabled):
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
             try:
                 principal = gate.auth.authorize(headers, needed)
