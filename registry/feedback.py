@@ -52,6 +52,18 @@ def check_text(value: str | None, limit: int, what: str) -> str | None:
     return value
 
 
+def check_label(value):
+    """A resolved label, or ValueError saying why not."""
+    # CANDIDATE is what a KOI is while it is unresolved: it says nothing about whether the
+    # prediction was right, and stored as truth it would teach a model to predict "undecided".
+    if value == "CANDIDATE":
+        raise ValueError("CANDIDATE is not ground truth: feedback takes resolved labels only "
+                         "(CONFIRMED or FALSE_POSITIVE); send it once the KOI is resolved")
+    if value not in ("CONFIRMED", "FALSE_POSITIVE"):
+        raise ValueError("expected CONFIRMED or FALSE_POSITIVE")
+    return value
+
+
 class GradedPrediction(BaseModel):
     """One prediction a label grades, as the service answered it: stored with the label so the
     quality figures can be rebuilt from the feedback log alone, after the predictions expired."""
@@ -92,12 +104,7 @@ class FeedbackItem(BaseModel):
     @field_validator("label", mode="before")
     @classmethod
     def _resolved_only(cls, value):
-        # CANDIDATE is what a KOI is while it is unresolved: it says nothing about whether the
-        # prediction was right, and stored as truth it would teach a model to predict "undecided".
-        if value == "CANDIDATE":
-            raise ValueError("CANDIDATE is not ground truth: feedback takes resolved labels only "
-                             "(CONFIRMED or FALSE_POSITIVE); send it once the KOI is resolved")
-        return value
+        return check_label(value)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ class ExperimentController:
             logger.info("feedback restored: %s", self.desk.restore())
         except Exception as e:  # noqa: BLE001 - serve experiments; the figures fill again with new labels
             logger.warning("feedback and prediction records unreadable, starting without them: %s", type(e).__name__)
-        self.desk_lock = asyncio.Lock()  # the desk is used from the loop and from worker threads, one at a time
+        # One batch at a time, so labels count in the order they are stored; syncs never wait on it.
+        self.feedback_lock = asyncio.Lock()
         self.stable_versions: dict[str, str] = {}  # model -> its stable variant's version, as routers resolve it
         self.monitors: dict[str, AccuracyMonitor] = {}
         self.policies: dict[str, ThompsonPolicy] = {}
@@ -79,9 +80,7 @@ class ExperimentController:
         self._ensure_ticking()
         self.window.merge(drained)
         self.stable_versions.update(stable_versions or {})
-        if answered:
-            async with self.desk_lock:
-                self.desk.record(answered)
+        self.desk.record(answered)
         now = time.time()
         for model, spec in specs.items():
             self.specs[model] = (ExperimentSettings(**spec), now)
@@ -210,8 +209,8 @@ class ExperimentController:
                 self.metrics.variant_quality(model, "stable", summary)
 
     def _quality(self, record: Record):
-        stable = self.desk.quality.of(record.model, self.stable_versions.get(record.model, "?"))
-        candidate = self.desk.quality.of(record.model, record.candidate_version)
+        stable = self.desk.quality.get(record.model, self.stable_versions.get(record.model))
+        candidate = self.desk.quality.get(record.model, record.candidate_version)
         for variant, quality in (("stable", stable), ("candidate", candidate)):
             self.metrics.variant_quality(record.model, variant, quality.summary())
         return stable, candidate
@@ -334,21 +333,24 @@ class ExperimentController:
                        answered: list = ()) -> dict:
         """Joins, persists (before answering) and counts one batch; the router's latest answered rows
         come along, so a label for a request answered a moment ago joins."""
-        async with self.desk_lock:
-            self.desk.record(answered)
-            try:
-                outcomes, key = await asyncio.to_thread(self.desk.accept, items, scored, source, principal)
+        self.desk.record(answered)
+        async with self.feedback_lock:
+            joined, outcomes = self.desk.join(items, scored, source, principal)
+            try:  # the only slow step (S3): in a thread, so router syncs and ticks go on meanwhile
+                key = await asyncio.to_thread(self.desk.store_batch, joined)
             except Exception as e:  # noqa: BLE001 - the store refused or is away: nothing is acknowledged
                 logger.warning("feedback batch not stored: %s: %s", type(e).__name__, e)
                 return {"stored": False, "reason": type(e).__name__}
-        return {"stored": True, "batch": key, "outcomes": outcomes}
+            return {"stored": True, "batch": key, "outcomes": outcomes + self.desk.count(joined)}
 
     async def _persist_predictions(self) -> None:
-        async with self.desk_lock:
-            try:
-                await asyncio.to_thread(self.desk.persist_predictions)
-            except Exception as e:  # noqa: BLE001 - kept in memory; written with the next call
-                logger.warning("prediction record not persisted: %s", type(e).__name__)
+        entries, cursor = self.desk.unpersisted()
+        try:
+            if entries:
+                await asyncio.to_thread(self.desk.write_predictions, entries)
+            self.desk.persisted(cursor)
+        except Exception as e:  # noqa: BLE001 - kept in memory; written with the next call
+            logger.warning("prediction record not persisted: %s", type(e).__name__)
 
 
 def _message(error: BaseException) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from registry.feedback import MAX_TEXT_CHARS, FeedbackItem, GradedPrediction, check_text
+from registry.feedback import MAX_REF_CHARS, MAX_TEXT_CHARS, GradedPrediction, check_label, check_text
 from runtimes.catalogue import Catalogue, MalformedName, UnknownKOI
 
 from .errors import ServingError
@@ -71,24 +71,19 @@ def parse_items(body: FeedbackRequest) -> tuple[list[Parsed], dict[int, dict]]:
             outcomes[i] = item_outcome(i, "invalid", f"{where}: give exactly one of request_id and koi")
             continue
         kind, ref = ("request_id", item.request_id) if item.request_id is not None else ("koi", item.koi)
-        # A KOI name is the catalogue's to check (canonical_kois); here only its label.
-        problem = _check(kind, ref if kind == "request_id" else "K00001.01", item.label)
-        if problem is not None:
-            outcome = "bad_label" if problem[0] == "label" else "invalid"
-            outcomes[i] = item_outcome(i, outcome, f"{where}.{problem[0] if problem[0] != 'ref' else kind}: {problem[1]}")
+        try:  # the feedback log's own rules; a KOI name is the catalogue's to check (canonical_kois)
+            check_label(item.label)
+        except ValueError as e:
+            outcomes[i] = item_outcome(i, "bad_label", f"{where}.label: {e}")
+            continue
+        try:
+            if kind == "request_id":
+                check_text(ref, MAX_REF_CHARS, "request_id")
+        except ValueError as e:
+            outcomes[i] = item_outcome(i, "invalid", f"{where}.request_id: {e}")
             continue
         parsed.append(Parsed(i, kind, ref, item.label))
     return parsed, outcomes
-
-
-def _check(kind: str, ref: str, label: str) -> tuple[str, str] | None:
-    """The registry's own item rules (resolved labels only, printable bounded refs)."""
-    try:
-        FeedbackItem(ref_kind=kind, ref=ref, label=label)
-    except ValidationError as e:
-        error = e.errors()[0]
-        return str(error["loc"][0]) if error["loc"] else "item", error["msg"].removeprefix("Value error, ")
-    return None
 
 
 def item_outcome(index: int, outcome: str, reason: str | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The experiment controller's side of delayed ground truth: the prediction record that labels
 join by request id, the feedback log they are persisted to before they are acknowledged, and the
-quality figures they feed. Ray-free; the controller runs it under one lock.
+quality figures they feed. Ray-free and not thread-safe: the controller calls it from its event
+loop and hands only the store writes to a thread.
 
 Durability:
   * feedback: `accept` writes one create-only object per batch (registry/feedback.py) and only
@@ -53,7 +54,6 @@ class FeedbackDesk:
         self.quality = QualityBook()
         self.labels: dict[tuple[str, str], str] = {}  # (ref_kind, ref) -> its current label
         self._drained = 0  # the prediction log's cursor: what is persisted
-        self.received = 0
 
     # ---- the prediction record ----------------------------------------------------------------
     def record(self, answered: Iterable[Answered]) -> None:
@@ -62,22 +62,38 @@ class FeedbackDesk:
 
     def persist_predictions(self) -> int:
         """Writes the rows recorded since the last call as one object; the rows written."""
+        entries, cursor = self.unpersisted()
+        if entries:
+            self.write_predictions(entries)  # raises while the store is down: retried next call
+        self.persisted(cursor)
+        return len(entries)
+
+    # The controller runs these three apart, so that only the write leaves its event loop.
+    def unpersisted(self) -> tuple[list, int]:
         drain = self.predictions.drain_since(self._drained)
-        if not drain.entries:
-            self._drained = drain.cursor
-            return 0
+        return drain.entries, drain.cursor
+
+    def write_predictions(self, entries: list) -> None:
         now = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
         key = f"{PREDICTIONS}/{now:%Y/%m/%d}/{int(self.clock() * 1e9):019d}-{secrets.token_hex(4)}.npz"
-        self.store.put(key, to_bytes(drain.entries))  # raises while the store is down: retried next call
-        self._drained = drain.cursor
-        return len(drain.entries)
+        self.store.put(key, to_bytes(entries))
+
+    def persisted(self, cursor: int) -> None:
+        self._drained = cursor
 
     # ---- labels --------------------------------------------------------------------------------
     def accept(self, items: list[Parsed], scored: dict[str, list[GradedPrediction]], source: str | None,
                principal: str | None) -> tuple[list[dict], str | None]:
         """Each item's outcome and the stored batch's key (None: nothing joined, nothing stored).
-        Raises when the store cannot take the batch: then nothing is acknowledged."""
-        self.received += len(items)
+        Raises when the store cannot take the batch: then nothing is acknowledged or counted."""
+        joined, outcomes = self.join(items, scored, source, principal)
+        key = self.store_batch(joined)
+        return outcomes + self.count(joined), key
+
+    # The controller runs these three apart too: join and count on its loop, the write in a thread.
+    def join(self, items: list[Parsed], scored: dict[str, list[GradedPrediction]], source: str | None,
+             principal: str | None) -> tuple[list[tuple[Parsed, FeedbackItem]], list[dict]]:
+        """The items that grade something, as they will be stored, and the others' outcomes."""
         unjoined = [i.ref for i in items if i.ref_kind == "request_id" and self.predictions.lookup(i.ref) is None]
         expired = self.predictions.expired_among(unjoined)
         joined, outcomes = [], []
@@ -90,11 +106,15 @@ class FeedbackDesk:
                 continue
             joined.append((item, FeedbackItem(ref_kind=item.ref_kind, ref=item.ref, label=item.label, source=source,
                                               principal=_storable(principal), graded=tuple(graded))))
-        key = self.log.append([stored for _, stored in joined], self._now()) if joined else None
-        for item, stored in joined:
-            outcomes.append({**item_outcome(item.index, self._apply(stored)),
-                             "graded": [_graded_view(g, item.label) for g in stored.graded]})
-        return outcomes, key
+        return joined, outcomes
+
+    def store_batch(self, joined: list[tuple[Parsed, FeedbackItem]]) -> str | None:
+        return self.log.append([stored for _, stored in joined], self._now()) if joined else None
+
+    def count(self, joined: list[tuple[Parsed, FeedbackItem]]) -> list[dict]:
+        """The stored items' outcomes, once they count."""
+        return [{**item_outcome(item.index, self._apply(stored)),
+                 "graded": [_graded_view(g, item.label) for g in stored.graded]} for item, stored in joined]
 
     def _graded(self, item: Parsed, scored: dict[str, list[GradedPrediction]]) -> list[GradedPrediction]:
         if item.ref_kind == "koi":

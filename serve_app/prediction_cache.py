@@ -1,8 +1,8 @@
 """The prediction cache: the dispatcher's stage between variant assignment and batching.
 
 A row's key is (model, concrete version, the row as that version's input schema orders it, in
-float64 with every NaN made the same NaN). Versions are immutable, so an entry is never stale: an
-alias that moves changes the version in the key. Entries are float64 probabilities, so a hit
+float64 with every NaN made the same NaN and -0.0 made 0.0). Versions are immutable, so an entry
+is never stale: an alias that moves changes the version in the key. Entries are float64 probabilities, so a hit
 returns exactly the bits that were computed. Ensembles are cached by member only: the vote is
 recomputed from cached members, so a changed weight or calibration can never serve an old mix.
 Ray-free: in memory per router replica by default, or in Redis shared by every replica."""
@@ -16,6 +16,7 @@ import numpy as np
 
 from runtimes.schema import LABELS
 
+from .quality import canonical_rows
 from .redis_link import RedisLink
 
 ENTRY_OVERHEAD = 160  # bytes an in-memory entry costs beyond its key and value (dict slot, objects)
@@ -27,8 +28,7 @@ class CacheObserver(Protocol):
 
 
 def row_keys(model: str, version: str, matrix: np.ndarray) -> list[bytes]:
-    rows = np.array(matrix, dtype=np.float64, order="C", copy=True).reshape(len(matrix), -1)
-    rows[np.isnan(rows)] = np.nan  # one NaN, whatever payload or sign the input's had
+    rows = canonical_rows(matrix)
     prefix = f"kepler:prediction:{model}:{version}:".encode()
     return [prefix + hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest().encode() for row in rows]
 

@@ -30,11 +30,18 @@ _BINS = 10
 MAX_UNITS = 1_000_000  # per version; a unit costs ~200 bytes (its key, label and probabilities)
 
 
-def row_digest(matrix: np.ndarray) -> np.ndarray:
-    """uint64 identities of rows [n, k] as float64 with one NaN, so that equal rows are one unit."""
+def canonical_rows(matrix) -> np.ndarray:
+    """Rows [n, k] as contiguous float64 whose bytes are equal exactly when the rows are: one NaN
+    (whatever payload or sign the input's had) and one zero. Keys the prediction cache too."""
     rows = np.array(matrix, dtype=np.float64, order="C", copy=True).reshape(len(matrix), -1)
     rows[np.isnan(rows)] = np.nan
-    rows += 0.0  # -0.0 becomes 0.0: rows equal under == are one unit
+    rows += 0.0  # -0.0 becomes 0.0
+    return rows
+
+
+def row_digest(matrix: np.ndarray) -> np.ndarray:
+    """uint64 identities of rows [n, k], so that equal rows are one unit."""
+    rows = canonical_rows(matrix)
     return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
                      for row in rows], dtype=np.uint64)
 
@@ -132,6 +139,9 @@ class QualityBook:
     def add(self, model: str, version: str, unit: Hashable, label: str, probabilities) -> str:
         return self.of(model, version).add(unit, label, probabilities)
 
+    def get(self, model: str, version: str | None) -> VersionQuality:
+        """The version's quality, or an empty one (not kept) when it has no labels yet."""
+        return self.versions.get((model, version)) or VersionQuality(self.max_units)
+
     def summary(self, model: str, version: str | None) -> dict:
-        held = self.versions.get((model, version)) if version else None
-        return (held or VersionQuality()).summary()
+        return self.get(model, version).summary()

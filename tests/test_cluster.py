@@ -312,21 +312,7 @@ def test_chaos_soak(cluster, request, tmp_path):
 
 def test_feedback_acknowledged_on_s3_survives_sigkill_of_the_router_and_the_controller(cluster):
     """The S3 half of the durability check (tests/test_feedback_api.py has the local store's)."""
-    from registry.feedback import FeedbackLog
-
-    from .ray_cluster import FEEDBACK_KEY
-    from .test_feedback_api import resolved_test_kois
+    from .test_feedback_api import acknowledged_then_killed, resolved_test_kois
 
     (koi, label), = resolved_test_kois(1)
-    victims = [r["pid"] for name in ("Router", "ExperimentController") for r in cluster.replicas(name) if r.get("pid")]
-    assert len(victims) >= 2, victims
-    response = requests.post(f"{SERVE_URL}/api/v1/feedback", json={"items": [{"koi": koi, "label": label}]},
-                             headers={"Authorization": f"Bearer {FEEDBACK_KEY}"}, timeout=60)
-    acknowledged = time.monotonic()
-    for pid in victims:  # every node runs on this machine: a replica's pid is a local process
-        os.kill(pid, signal.SIGKILL)
-    assert time.monotonic() - acknowledged < 0.1
-    assert response.status_code == 200, response.text
-    stored = dict(FeedbackLog(cluster.s3.store).read_all())
-    assert [(i.ref, i.label) for i in stored[response.json()["batch"]].items] == [(koi, label)]
-    cluster.wait_running(timeout=180)
+    acknowledged_then_killed(cluster, cluster.s3.store, koi, label)

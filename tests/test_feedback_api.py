@@ -5,7 +5,6 @@ accuracy trigger, and an acknowledged batch survives SIGKILL of the router and t
 Labels are the real 2025 dispositions of test-star KOIs."""
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import time
@@ -16,7 +15,7 @@ import requests
 from registry.feedback import FeedbackLog
 
 from .bad_models import _publish, skewed_xgboost
-from .helpers import until
+from .helpers import until, with_router
 from .ray_cluster import ADMIN_KEY, FEEDBACK_KEY, PREDICT_KEY, SERVE_URL
 from .test_serving import as_json_row, held_out
 
@@ -48,17 +47,9 @@ def desk(serve_app, trained_registry):
     if not trained_registry.exists("xgboost", WORSE):
         _publish(trained_registry, "xgboost", "1.0.0", WORSE, skewed_xgboost())
     yield serve_app
-    serve_app.deploy(_with_experiments(serve_app, {}))
+    serve_app.deploy(with_router(serve_app, experiments={}))
     serve_app.wait_running()
     trained_registry.archive("xgboost", WORSE)  # the other tests see the trained versions only
-
-
-def _with_experiments(node, experiments: dict) -> dict:
-    config = copy.deepcopy(node.config)
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Router":
-            deployment["user_config"]["experiments"] = experiments
-    return config
 
 
 def view() -> dict:
@@ -109,7 +100,7 @@ def test_a_worse_candidate_loses_weight_to_the_bandit_then_the_accuracy_trigger_
     rules = {**QUIET, "accuracy_margin": 0.02, "accuracy_alpha": 0.05, "min_labels": 150}
     experiment = {"candidate": WORSE, "weight": 0.5, "policy": "thompson", "rollback": rules,
                   "bandit": {"min_weight": 0.05, "max_weight": 0.95, "update_s": 1, "min_step": 0.05}}
-    desk.deploy(_with_experiments(desk, {"xgboost": experiment}))
+    desk.deploy(with_router(desk, experiments={"xgboost": experiment}))
     desk.wait_running()
     until(lambda: (v := view())["experiments"].get("xgboost", {}).get("experiment_id") == f"xgboost:{WORSE}"
           and v["experiments"]["xgboost"]["state"] == "running" and v["router"]["generation"] >= v["generation"], 60)
@@ -148,9 +139,10 @@ def test_a_worse_candidate_loses_weight_to_the_bandit_then_the_accuracy_trigger_
     until(exported, 30)
 
 
-def test_an_acknowledged_batch_survives_sigkill_of_the_router_and_the_controller(desk, trained_registry):
-    (koi, label), = resolved_test_kois(401)[-1:]
-    victims = [r["pid"] for name in ("Router", "ExperimentController") for r in desk.replicas(name) if r.get("pid")]
+def acknowledged_then_killed(node, store, koi: str, label: str) -> None:
+    """One label sent, the router and the controller SIGKILLed within 100 ms of its 200, and the
+    batch found in the store. Every node runs on this machine: a replica's pid is a local process."""
+    victims = [r["pid"] for name in ("Router", "ExperimentController") for r in node.replicas(name) if r.get("pid")]
     assert len(victims) >= 2, victims
     response = send([{"koi": koi, "label": label}])
     acknowledged = time.monotonic()
@@ -158,10 +150,14 @@ def test_an_acknowledged_batch_survives_sigkill_of_the_router_and_the_controller
         os.kill(pid, signal.SIGKILL)
     assert time.monotonic() - acknowledged < 0.1
     assert response.status_code == 200, response.text
-    batch = response.json()["batch"]
-    stored = dict(FeedbackLog(trained_registry.store).read_all())
-    assert [(i.ref, i.label) for i in stored[batch].items] == [(koi, label)]
-    desk.wait_running(timeout=120)
+    stored = dict(FeedbackLog(store).read_all())
+    assert [(i.ref, i.label) for i in stored[response.json()["batch"]].items] == [(koi, label)]
+    node.wait_running(timeout=180)
+
+
+def test_an_acknowledged_batch_survives_sigkill_of_the_router_and_the_controller(desk, trained_registry):
+    (koi, label), = resolved_test_kois(401)[-1:]
+    acknowledged_then_killed(desk, trained_registry.store, koi, label)
     # The restarted controller replayed the log: the same label again is no news to it.
     until(lambda: send([{"koi": koi, "label": label}]).json().get("outcomes") == {"unchanged": 1}, 60)
 

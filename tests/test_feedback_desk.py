@@ -166,7 +166,7 @@ HOSTILE_ITEMS = [
     ({"request_id": "abc", "label": "MAYBE"}, "bad_label", "items[{i}].label"),
     ({"request_id": "abc", "label": "confirmed"}, "bad_label", "items[{i}].label"),
     ({"request_id": "abc", "label": "FALSE POSITIVE"}, "bad_label", "items[{i}].label"),
-    ({"request_id": "a" * 65, "label": "CONFIRMED"}, "invalid", "items[{i}].request_id: ref is 65 characters"),
+    ({"request_id": "a" * 65, "label": "CONFIRMED"}, "invalid", "items[{i}].request_id: request_id is 65 characters"),
     ({"request_id": "", "label": "CONFIRMED"}, "invalid", "items[{i}].request_id"),
     ({"request_id": "abc\x00", "label": "CONFIRMED"}, "invalid", "items[{i}].request_id"),
     ({"request_id": "a\nb", "label": "CONFIRMED"}, "invalid", "items[{i}].request_id"),
